@@ -1,0 +1,50 @@
+"""Training budgets: how much training a model gets, as steps, seconds or epochs.
+
+Presets (DESIGN.md): ``smoke`` is a few steps per model, seconds for the whole suite (tests, CI) and
+reproducible with a fixed seed because it counts steps; ``default`` is about a minute of training per
+model on a 2-core CPU, what ``run --all`` uses; ``full`` is published-scale training, meant for a GPU.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from bench.errors import UserError
+
+_UNITS = {"steps": "steps", "step": "steps", "s": "seconds", "sec": "seconds", "seconds": "seconds",
+          "m": "minutes", "min": "minutes", "epochs": "epochs", "epoch": "epochs"}
+PRESETS = {"smoke": "20steps", "default": "60s", "full": "100epochs"}
+FORMS = "a preset (smoke, default, full) or an amount such as 500steps, 90s, 5min, 3epochs"
+
+
+@dataclass(frozen=True)
+class Budget:
+    kind: str  # "steps" | "seconds" | "epochs"
+    amount: float
+    label: str  # what the user asked for, e.g. "default" or "500steps"
+
+    def exhausted(self, steps: int, seconds: float, epochs: float) -> bool:
+        done = {"steps": steps, "seconds": seconds, "epochs": epochs}[self.kind]
+        return done >= self.amount
+
+    def progress_total(self) -> float:
+        return self.amount
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def parse_budget(text: str) -> Budget:
+    label = text.strip()
+    spec = PRESETS.get(label, label)
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]+)", spec.lower())
+    if not match or match.group(2) not in _UNITS:
+        raise UserError(f"malformed budget {text!r}: use {FORMS}")
+    amount, unit = float(match.group(1)), _UNITS[match.group(2)]
+    if unit == "minutes":
+        amount, unit = amount * 60, "seconds"
+    if amount <= 0:
+        raise UserError(f"budget {text!r} buys no training: use a positive amount ({FORMS})")
+    if unit == "steps" and amount != int(amount):
+        raise UserError(f"budget {text!r}: steps must be a whole number ({FORMS})")
+    return Budget(unit, amount, label)

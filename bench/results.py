@@ -1,0 +1,130 @@
+"""The files a run leaves (DESIGN.md, "Results"): metrics.csv, summary.csv, config.json, jobs.csv.
+
+``metrics.csv`` is tidy, one row per (model, dataset, seed, metric[, batch]); ``summary.csv`` has one
+row per (model, dataset) with the mean, standard deviation and count over seeds of every metric.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+METRIC_COLUMNS = ["model", "family", "dataset", "track", "seed", "budget", "metric", "value", "unit", "kind",
+                  "batch", "note"]
+JOB_COLUMNS = ["model", "dataset", "seed", "status", "reason", "wall_seconds", "notes"]
+
+
+def metrics_frame(outcomes) -> pd.DataFrame:
+    records = []
+    for o in outcomes:
+        ident = {"model": o["job"]["model"], "family": o["info"].get("family", ""), "dataset": o["job"]["dataset"],
+                 "track": o["info"].get("track", ""), "seed": o["job"]["seed"], "budget": o["job"]["budget"]}
+        for r in o["rows"]:
+            records.append({**ident, "batch": None, "note": "", **r})
+    frame = pd.DataFrame.from_records(records, columns=METRIC_COLUMNS)
+    frame["batch"] = frame["batch"].astype("Int64")
+    return frame
+
+
+def metric_key(metric: str, batch) -> str:
+    """The summary column for a metric: throughput is one column per batch size."""
+    return f"{metric}@{int(batch)}" if pd.notna(batch) else metric
+
+
+def summary_frame(metrics: pd.DataFrame) -> pd.DataFrame:
+    if metrics.empty:
+        return pd.DataFrame(columns=["model", "family", "dataset", "track", "n_seeds"])
+    m = metrics.assign(key=[metric_key(a, b) for a, b in zip(metrics["metric"], metrics["batch"])])
+    ident = ["model", "family", "dataset", "track"]
+    stats = m.groupby(ident + ["key"], sort=False)["value"].agg(["mean", "std", "count"])
+    wide = stats.unstack("key")
+    order = list(dict.fromkeys(m["key"]))
+    columns = {}
+    for key in order:
+        for stat in ("mean", "std", "count"):
+            columns[f"{key}_{stat}"] = wide[(stat, key)]
+    out = pd.DataFrame(columns, index=wide.index).reset_index()
+    seeds = m.groupby(ident, sort=False)["seed"].nunique().rename("n_seeds").reset_index()
+    return seeds.merge(out, on=ident)
+
+
+def jobs_frame(outcomes) -> pd.DataFrame:
+    return pd.DataFrame.from_records(
+        [{"model": o["job"]["model"], "dataset": o["job"]["dataset"], "seed": o["job"]["seed"],
+          "status": o["status"], "reason": o["reason"], "wall_seconds": round(o["wall_seconds"], 2),
+          "notes": "; ".join(o["notes"])} for o in outcomes], columns=JOB_COLUMNS)
+
+
+def curves_frame(outcomes) -> pd.DataFrame:
+    rows = [{"model": o["job"]["model"], "dataset": o["job"]["dataset"], "seed": o["job"]["seed"], **point}
+            for o in outcomes for point in o["curve"]]
+    return pd.DataFrame.from_records(rows, columns=["model", "dataset", "seed", "step", "seconds", "loss"])
+
+
+def load_outcomes(run_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((Path(run_dir) / "jobs").glob("*.json"))]
+
+
+def write_tables(run_dir: Path, outcomes) -> pd.DataFrame:
+    """(Re)write metrics.csv, summary.csv, jobs.csv and curves.csv from the job outcomes."""
+    run_dir = Path(run_dir)
+    metrics = metrics_frame(outcomes)
+    metrics.to_csv(run_dir / "metrics.csv", index=False)
+    summary_frame(metrics).to_csv(run_dir / "summary.csv", index=False)
+    jobs_frame(outcomes).to_csv(run_dir / "jobs.csv", index=False)
+    curves_frame(outcomes).to_csv(run_dir / "curves.csv", index=False)
+    return metrics
+
+
+# --- config.json -----------------------------------------------------------------------------
+PACKAGES = ["torch", "torchvision", "torch-fidelity", "numpy", "scipy", "scikit-learn", "pandas", "seaborn",
+            "matplotlib", "mlxtend"]
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
+
+
+def hardware(device) -> dict:
+    import torch
+
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    try:
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def write_json(path: Path, payload: dict):
+    Path(path).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,174 @@
+"""Runs the suite: one job per (model, dataset, seed), each in a fresh worker process.
+
+A fresh process per job gives each model its own peak-memory figure, and a crash or a divergence in
+one model cannot take the others down: the job's outcome is written to ``jobs/<job>.json`` as soon
+as it ends, and the run's tables are rewritten after every job, so nothing computed is lost.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import random
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench import measure
+from bench.budgets import parse_budget
+from bench.data import load_dataset
+from bench.trainer import Diverged, TrainResult, train
+
+SAMPLE_GRID = 64
+
+
+@dataclass
+class Job:
+    model: str
+    dataset: str
+    seed: int
+    budget: str
+    device: str
+    out: str
+    data_root: str | None = None
+    progress: bool = True
+    throughput_cap_s: float = 20.0
+    fidelity_samples: int | None = None  # None: the size of the test split
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}__{self.dataset}__seed{self.seed}"
+
+
+@dataclass
+class JobOutcome:
+    job: dict
+    status: str = "ok"  # ok | diverged | failed
+    reason: str = ""
+    rows: list[dict] = field(default_factory=list)
+    curve: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    info: dict = field(default_factory=dict)  # model attributes, sample files, timings
+    wall_seconds: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from bench.errors import UserError
+        raise UserError("--device cuda asked for, but torch sees no CUDA device; use --device cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_job(job: Job) -> JobOutcome:
+    """Train, then measure one model. Runs inside the worker process; never raises."""
+    import models
+
+    start = time.perf_counter()
+    outcome = JobOutcome(job=asdict(job))
+    device = torch.device(job.device)
+    try:
+        seed_everything(job.seed)
+        data = load_dataset(job.dataset, job.data_root)
+        model = models.build(job.model, image_shape=data.image_shape).to(device)
+        outcome.info.update(family=model.family, likelihood=model.likelihood, track=model.track,
+                            conditional=model.conditional)
+        x_test = data.test_split(model.track)
+        budget = parse_budget(job.budget)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        result = TrainResult()
+        try:
+            train(model, data.train_images, data.train_labels, budget, device, job.seed,
+                  batch_size=getattr(model, "batch_size", 64), progress=job.progress, result=result)
+        except Diverged as exc:
+            outcome.status, outcome.reason = "diverged", str(exc)
+            outcome.info["diverged_step"] = exc.step
+        outcome.curve = result.curve
+        outcome.rows += _training_rows(result)
+        outcome.rows.append(measure.row("params", measure.param_count(model), "count"))
+        if outcome.status == "ok":
+            outcome.rows += _evaluate(model, data, x_test, device, job, outcome)
+        outcome.rows.append(measure.row("peak_memory", measure.peak_memory_mib(device), "MiB"))
+    except Exception as exc:  # recorded as a failed job; the suite goes on
+        outcome.status = "failed"
+        outcome.reason = f"{type(exc).__name__}: {exc}"
+        outcome.info["traceback"] = traceback.format_exc()
+    outcome.wall_seconds = time.perf_counter() - start
+    _save_outcome(outcome, Path(job.out))
+    return outcome
+
+
+def _training_rows(result: TrainResult) -> list[dict]:
+    return [
+        measure.row("train_steps", result.steps, "steps"),
+        measure.row("train_examples", result.examples, "examples"),
+        measure.row("train_seconds", result.seconds, "s"),
+        measure.row("train_throughput", result.throughput, "examples/s"),
+    ]
+
+
+def _evaluate(model, data, x_test, device, job: Job, outcome: JobOutcome) -> list[dict]:
+    from torchvision.utils import save_image
+
+    rows = []
+    seed_everything(job.seed)
+    if model.likelihood:
+        rows += measure.test_likelihood(model, x_test, device, job.seed, progress=job.progress)
+        rows += model.extra_metrics(x_test.to(device))
+    throughput, notes = measure.sample_throughput(model, device, max_seconds=job.throughput_cap_s)
+    rows += throughput
+    outcome.notes += notes
+    rows.append(measure.row("sampling_nfe", model.sampling_nfe, "evaluations", "exact"))
+
+    seed_everything(job.seed)
+    grid_labels = torch.arange(SAMPLE_GRID) // 8 % model.num_classes if model.conditional else None
+    grid, _ = measure.draw_samples(model, SAMPLE_GRID, device, labels=grid_labels, progress=False)
+    grid_path = Path(job.out) / "samples" / f"{job.key}.png"
+    grid_path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid.float() / 255.0, grid_path, nrow=8, padding=2, pad_value=0.5)
+    outcome.info["sample_grid"] = str(grid_path.relative_to(job.out))
+    rows += _sample_quality(model, data, device, job, outcome)
+    return rows
+
+
+def _sample_quality(model, data, device, job: Job, outcome: JobOutcome) -> list[dict]:
+    """Sample-quality metrics through the evaluation classifier, when that module is present."""
+    try:
+        from bench import fidelity
+    except ImportError:
+        return []
+    return fidelity.model_rows(model, data, device, job, outcome)
+
+
+def _save_outcome(outcome: JobOutcome, out: Path):
+    path = out / "jobs" / f"{Job(**outcome.job).key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(outcome), indent=1, default=float))
+    tmp.replace(path)
+
+
+def run_isolated(job: Job) -> JobOutcome:
+    """``run_job`` in a fresh spawned process (its own memory peak, and a crash stays there)."""
+    context = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            return pool.submit(run_job, job).result()
+    except BrokenProcessPool as exc:
+        outcome = JobOutcome(job=asdict(job), status="failed",
+                             reason=f"worker process died ({exc}); out of memory or a crash in native code")
+        _save_outcome(outcome, Path(job.out))
+        return outcome

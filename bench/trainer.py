@@ -1,0 +1,112 @@
+"""The one training loop: budgets, batches, divergence, the training curve and its timing.
+
+A model supplies ``configure_optimizers`` and ``train_step``; the loop decides when to stop and
+what was bought. A non-finite loss (or a ``FloatingPointError`` from the model) ends training as a
+*divergence*, a result the report shows ("diverged at step N"), not a crash of the suite.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from bench.budgets import Budget
+from bench.data import to_track
+
+
+class Diverged(Exception):
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"diverged at step {step}: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    examples: int = 0
+    seconds: float = 0.0
+    curve: list[dict] = field(default_factory=list)  # {"step", "seconds", "loss"}
+
+    @property
+    def throughput(self) -> float:
+        return self.examples / self.seconds if self.seconds > 0 else float("nan")
+
+
+class ShuffledBatches:
+    """Endless minibatches of (images in the track's representation, labels), reshuffled each epoch."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, track: str,
+                 device: torch.device, generator: torch.Generator):
+        self.images, self.labels = images, labels
+        self.batch_size = min(batch_size, len(images))
+        self.track, self.device, self.generator = track, device, generator
+        self._order, self._pos = None, len(images)
+
+    def __next__(self):
+        if self._pos + self.batch_size > len(self.images):
+            self._order = torch.randperm(len(self.images), generator=self.generator)
+            self._pos = 0
+        idx = self._order[self._pos:self._pos + self.batch_size]
+        self._pos += self.batch_size
+        x = to_track(self.images[idx], self.track, generator=self.generator)
+        return x.to(self.device, non_blocking=True), self.labels[idx].to(self.device, non_blocking=True)
+
+
+def train(model, images: torch.Tensor, labels: torch.Tensor, budget: Budget, device: torch.device,
+          seed: int, batch_size: int = 64, progress: bool = True, curve_points: int = 200,
+          result: TrainResult | None = None) -> TrainResult:
+    """Train ``model`` until ``budget`` is spent. ``result`` (if given) is filled in place, so a
+    caller still holds what was bought when ``Diverged`` is raised."""
+    result = result if result is not None else TrainResult()
+    generator = torch.Generator().manual_seed(seed)
+    batches = ShuffledBatches(images, labels, batch_size, model.track, device, generator)
+    optimizers = model.configure_optimizers()
+    steps_per_epoch = max(1, len(images) // batches.batch_size)
+    log_every = _log_interval(budget, steps_per_epoch, curve_points)
+    model.train()
+    bar = tqdm(total=budget.progress_total(), desc=f"train {model.name}", unit=budget.kind,
+               disable=not progress, leave=False, dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        while not budget.exhausted(result.steps, result.seconds, result.steps / steps_per_epoch):
+            batch = next(batches)
+            try:
+                stats = model.train_step(batch, optimizers)
+            except FloatingPointError as exc:
+                raise Diverged(result.steps + 1, str(exc)) from None
+            _sync(device)
+            result.steps += 1
+            result.examples += len(batch[0])
+            result.seconds = time.perf_counter() - start
+            loss = float(stats["loss"])
+            if not math.isfinite(loss):
+                raise Diverged(result.steps, f"loss became {loss}")
+            if result.steps == 1 or result.steps % log_every == 0:
+                result.curve.append({"step": result.steps, "seconds": result.seconds, "loss": loss})
+                bar.set_postfix(loss=f"{loss:.4g}")
+            bar.n = {"steps": result.steps, "seconds": round(result.seconds, 1),
+                     "epochs": round(result.steps / steps_per_epoch, 2)}[budget.kind]
+            bar.refresh() if result.steps % 20 == 0 else None
+    finally:
+        bar.close()
+        model.eval()
+    if not result.curve or result.curve[-1]["step"] != result.steps:
+        result.curve.append({"step": result.steps, "seconds": result.seconds, "loss": loss})
+    return result
+
+
+def _log_interval(budget: Budget, steps_per_epoch: int, points: int) -> int:
+    if budget.kind == "steps":
+        return max(1, int(budget.amount) // points)
+    if budget.kind == "epochs":
+        return max(1, int(budget.amount * steps_per_epoch) // points)
+    return 10  # a time budget: the step count is unknown in advance
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

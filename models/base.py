@@ -1,0 +1,99 @@
+"""The one small interface between the harness and every model.
+
+A model owns its maths (loss, sampler, likelihood); the harness owns budgets, devices, seeds, timing
+and metrics. Data arrive as float tensors N x C x H x W in the representation of the model's track:
+
+- ``binary``: pixels in {0, 1} (the harness binarizes);
+- ``8bit``: integer pixel values 0..255 stored as floats; a continuous model dequantizes them itself
+  (``dequantize`` below), so that ``nll`` is the NLL of the *discrete* data (an upper bound for
+  dequantized models) and bits/dim is ``nll / (D ln 2)`` on every track.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+FAMILIES = ("autoregressive", "vae", "gan", "flow", "ebm", "diffusion")
+LIKELIHOODS = ("exact", "bound", "estimate", None)
+TRACKS = ("binary", "8bit")
+
+
+class GenerativeModel(nn.Module):
+    """Base class. Subclasses set the class attributes and implement the methods below."""
+
+    name: str = "model"
+    family: str = "autoregressive"
+    likelihood: str | None = None  # "exact" | "bound" | None
+    track: str = "binary"  # "binary" | "8bit"
+    conditional: bool = False
+    num_classes: int = 10
+
+    def __init__(self, image_shape=(1, 28, 28)):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+
+    @property
+    def dim(self) -> int:
+        c, h, w = self.image_shape
+        return c * h * w
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # --- training -------------------------------------------------------------------------
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [torch.optim.Adam(self.parameters(), lr=1e-3)]
+
+    def train_step(self, batch, optimizers) -> dict[str, float]:
+        """One optimisation step on ``batch = (x, labels)``; returns at least ``{"loss": float}``.
+
+        The default minimises the mean NLL; models with other objectives override it."""
+        x, _ = batch
+        (opt,) = optimizers
+        loss = self.nll(x).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.item()}
+
+    # --- evaluation -----------------------------------------------------------------------
+    def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """``n`` images in [0, 1], N x C x H x W."""
+        raise NotImplementedError
+
+    def nll(self, x: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood in nats per example of the track's discrete data."""
+        raise NotImplementedError(f"{self.name} has no tractable likelihood")
+
+    @property
+    def sampling_nfe(self) -> int:
+        """Network evaluations (sequential steps) one batch of samples costs."""
+        return 1
+
+    def extra_metrics(self, x_test: torch.Tensor) -> list[dict]:
+        """Model-specific evaluation rows, e.g. an importance-weighted bound.
+
+        Each row: ``{"metric", "value", "unit", "kind"}``. Default: none."""
+        return []
+
+
+def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform dequantization of 8-bit pixels: y = (x + u) / 256 with u ~ U[0, 1).
+
+    A density p(y) on [0, 1]^D then gives log P(x) >= E_u[log p(y)] - D log 256, so the discrete
+    NLL is bounded above by E[-log p(y)] + D log 256 (Theis et al. 2016)."""
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (x + u) / 256.0
+
+
+def discrete_nll_from_dequantized(nll_y: torch.Tensor, dim: int) -> torch.Tensor:
+    """Turn -log p(y) of dequantized data into the upper bound on the discrete NLL in nats."""
+    return nll_y + dim * math.log(256.0)
+
+
+def bits_per_dim(nll_nats, dim: int):
+    """bits/dim = nats / (D ln 2), on both tracks (8bit models already add D ln 256)."""
+    return nll_nats / (dim * math.log(2.0))
