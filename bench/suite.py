@@ -60,10 +60,10 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
         "git_commit": results.git_commit(), "hardware": results.hardware(torch_device),
         "datasets_known": dataset_summaries(),
     }
-    _prepare_shared(config, data, torch_device, out, progress)
+    outcomes = _prepare_shared(config, data, torch_device, out, progress)
     results.write_json(out / "config.json", config)
-
-    outcomes = []
+    if outcomes:
+        results.write_tables(out, outcomes)
     started = time.perf_counter()
     for model_name in models_:
         for seed in seeds:
@@ -80,13 +80,14 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
     return out, outcomes
 
 
-def _prepare_shared(config: dict, data, device, out: Path, progress: bool):
-    """Work shared by all jobs (the evaluation classifier and the ``data`` row), when present."""
+def _prepare_shared(config: dict, data, device, out: Path, progress: bool) -> list[dict]:
+    """Work shared by all jobs, when the sample-quality module is present: the evaluation classifier
+    (its accuracy goes into ``config``) and the ``data`` row's outcome (real images scored as a model)."""
     try:
         from bench import fidelity
     except ImportError:
-        return
-    fidelity.prepare_run(config, data, device, out, progress)
+        return []
+    return fidelity.prepare_run(config, data, device, out, progress)
 
 
 def _print_outcome(o: dict):

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import functools
+import importlib
+import os
+
+PLUGIN_ENV = "GENBENCH_PLUGINS"
 
 _REGISTRY: dict[str, functools.partial] = {}
 
@@ -11,7 +15,7 @@ def register(name: str, **defaults):
     (so one class can be registered in several configurations, e.g. ``vae-z2`` and ``vae-z4``)."""
 
     def decorate(cls):
-        if name in _REGISTRY:
+        if name in _REGISTRY and _REGISTRY[name].func is not cls:
             raise ValueError(f"model name {name!r} registered twice")
         _REGISTRY[name] = functools.partial(cls, **defaults)
         return cls
@@ -38,3 +42,16 @@ def _get(name: str) -> functools.partial:
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(names())}")
     return _REGISTRY[name]
+
+
+def load_plugins() -> list[str]:
+    """Import the modules named (comma-separated) in ``$GENBENCH_PLUGINS``: models registered there
+    join the registry without editing this package (the worker processes load them too)."""
+    loaded = []
+    for module in filter(None, (m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(","))):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ImportError(f"{PLUGIN_ENV} names {module!r}, which cannot be imported: {exc}") from exc
+        loaded.append(module)
+    return loaded
