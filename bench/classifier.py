@@ -40,7 +40,7 @@ FEATURE_DIM = 128
 class TrainingSpec:
     """Everything about the training that changes the weights (part of the cache key)."""
 
-    epochs: int = 12
+    epochs: int = 20
     min_steps: int = 300  # small datasets get at least this many steps
     max_steps: int = 3000  # large datasets (60k MNIST) stop here: about 6 epochs
     batch_size: int = 128
@@ -94,7 +94,8 @@ class EvalClassifier(nn.Module):
 
 
 def augment(images: torch.Tensor, spec: TrainingSpec, generator: torch.Generator) -> torch.Tensor:
-    """A training batch (0..255 floats): random shifts, then, with ``binarize_prob``, binarization."""
+    """A training batch (0..255 floats, on the CPU where the data live): random shifts, then, with
+    probability ``binarize_prob`` per image, a dynamic binarization."""
     n = len(images)
     x = images.float() / 255.0
     if spec.max_shift > 0:
@@ -103,11 +104,10 @@ def augment(images: torch.Tensor, spec: TrainingSpec, generator: torch.Generator
         theta[:, 0, 0] = theta[:, 1, 1] = 1.0
         theta[:, :, 2] = shift
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid.to(x.device), padding_mode="zeros", align_corners=False)
+        x = F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
     if spec.binarize_prob > 0:
-        flip = torch.rand(n, 1, 1, 1, generator=generator) < spec.binarize_prob
-        binary = torch.bernoulli(x.clamp(0, 1).cpu(), generator=generator).to(x.device)
-        x = torch.where(flip.to(x.device), binary, x)
+        chosen = torch.rand(n, 1, 1, 1, generator=generator) < spec.binarize_prob
+        x = torch.where(chosen, torch.bernoulli(x.clamp(0, 1), generator=generator), x)
     return x * 255.0
 
 
@@ -121,8 +121,8 @@ def warmup_cosine(step: int, total: int, warmup_fraction: float = 0.1) -> float:
 
 def fit(model: EvalClassifier, images: torch.Tensor, labels: torch.Tensor, spec: TrainingSpec,
         device: torch.device, progress: bool = False) -> EvalClassifier:
-    """AdamW with linear warm-up and cosine decay on augmented batches; seeded, so a retrain gives the same weights
-    on the same hardware."""
+    """AdamW with linear warm-up and cosine decay on augmented batches. Seeded: a retrain on the same
+    hardware and thread count gives the same weights."""
     generator = torch.Generator().manual_seed(spec.seed)
     torch.manual_seed(spec.seed)  # dropout
     model.to(device).train()
@@ -136,7 +136,7 @@ def fit(model: EvalClassifier, images: torch.Tensor, labels: torch.Tensor, spec:
             order, pos = torch.randperm(len(images), generator=generator), 0
         idx = order[pos:pos + batch]
         pos += batch
-        x = augment(images[idx], spec, generator).to(device)
+        x = augment(images[idx].cpu(), spec, generator).to(device)
         loss = F.cross_entropy(model(x), labels[idx].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

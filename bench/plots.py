@@ -44,15 +44,22 @@ def _log_axis(ax, axis: str = "x"):
 
 
 def _rows(metrics: pd.DataFrame, names) -> pd.DataFrame:
+    """Finite rows of these metrics; the data rows (one per track) labelled "data (<track>)"."""
     chosen = metrics[metrics["metric"].isin(list(names)) & metrics["value"].notna()]
-    return chosen[np.isfinite(chosen["value"].astype(float))]
+    chosen = chosen[np.isfinite(chosen["value"].astype(float))]
+    labels = [f"{DATA_MODEL} ({t})" if m == DATA_MODEL else m for m, t in zip(chosen["model"], chosen["track"])]
+    return chosen.assign(model=labels)
+
+
+def is_data(label: str) -> bool:
+    return label == DATA_MODEL or label.startswith(f"{DATA_MODEL} (")
 
 
 # --- likelihood --------------------------------------------------------------------------------
 def bits_per_dim(metrics: pd.DataFrame, path: Path) -> Path | None:
     """bits/dim per model, one panel per track (tracks are never ranked together), seeds as dots."""
     d = _rows(metrics, ["test_bpd", "test_bpd_iwae"])
-    d = d[d["model"] != DATA_MODEL]
+    d = d[~d["model"].map(is_data)]
     if d.empty:
         return None
     d = d.assign(label=[m + (" (IWAE)" if k == "test_bpd_iwae" else "") for m, k in zip(d["model"], d["metric"])])
@@ -110,24 +117,30 @@ def fid_and_is(metrics: pd.DataFrame, path: Path) -> Path | None:
     panels = [(m, title) for m, title in QUALITY_PANELS if not _rows(metrics, [m]).empty]
     if not panels:
         return None
-    models = list(dict.fromkeys(_rows(metrics, [m for m, _ in panels])["model"]))
+    labels = list(dict.fromkeys(_rows(metrics, [m for m, _ in panels])["model"]))
+    models = [m for m in labels if not is_data(m)] + sorted(m for m in labels if is_data(m))
     fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 1.6 + 0.5 * len(models)), squeeze=False)
     for ax, (metric, title) in zip(axes[0], panels):
         _quality_panel(ax, _rows(metrics, [metric]), models, title)
-    fig.suptitle("Sample quality by model (grey: real held-out images, the best a model can score)")
+    fig.suptitle("Sample quality by model; dots are seeds, black the mean ± std; grey: real held-out images")
     fig.tight_layout()
     return _save(fig, path)
 
 
 def _quality_panel(ax, d: pd.DataFrame, models: list[str], title: str):
     order = [m for m in models if m in set(d["model"])]
-    palette = {m: ("#bbbbbb" if m == DATA_MODEL else "#4c72b0") for m in order}
-    sns.barplot(data=d, y="model", x="value", order=order, hue="model", hue_order=order, palette=palette,
-                errorbar="sd", capsize=0.2, legend=False, ax=ax)
-    sns.stripplot(data=d, y="model", x="value", order=order, color="black", size=4, jitter=0.1, ax=ax)
+    d = d.assign(source=["real data" if is_data(m) else "model" for m in d["model"]])
+    sns.pointplot(data=d, y="model", x="value", order=order, errorbar="sd", color="black", linestyle="none",
+                  markers="|", capsize=0.25, err_kws={"linewidth": 1.2}, ax=ax)
+    sns.stripplot(data=d, y="model", x="value", order=order, hue="source", hue_order=["model", "real data"],
+                  palette={"model": "#4c72b0", "real data": "#999999"}, size=7, jitter=0.12, ax=ax)
+    values = d["value"][d["value"] > 0]
+    if len(values) and values.max() / values.min() > 30:  # an untrained model next to real data
+        _log_axis(ax, "x")
     ax.set_title(title)
-    ax.set_xlabel(title.split(" (")[0])
+    ax.set_xlabel(title.split(" (")[0] + (" (log scale)" if ax.get_xscale() == "log" else ""))
     ax.set_ylabel("")
+    ax.legend(fontsize=8, loc="best")
 
 
 # --- sampling speed ----------------------------------------------------------------------------

@@ -102,8 +102,10 @@ DECIMALS = {"test_bpd": 3, "test_bpd_iwae": 3, "test_nll": 2, "test_nll_iwae": 2
 
 def _decimals(metric: str, mean: float) -> int:
     """Fixed per metric where the unit says so, else three significant digits."""
+    if abs(mean) >= 1000:  # e.g. the FID of an untrained model: digits past the point are noise
+        return 0
     if metric in DECIMALS:
-        return DECIMALS[metric]
+        return DECIMALS[metric] if abs(mean) < 100 else min(DECIMALS[metric], 1)
     if mean == 0 or not math.isfinite(mean) or abs(mean) >= 100:
         return 0 if mean != 0 else 2
     return max(0, 2 - math.floor(math.log10(abs(mean))))
@@ -181,8 +183,10 @@ def is_conditional(model: str, metrics: pd.DataFrame, info: dict) -> bool:
 
 
 def model_order(summary: pd.DataFrame) -> pd.DataFrame:
-    """The run's order, the data row last (it is the reference, not a contestant)."""
-    return pd.concat([summary[summary["model"] != DATA_MODEL], summary[summary["model"] == DATA_MODEL]])
+    """The run's order, the data rows (one per track) last: they are the reference, not contestants."""
+    data = summary[summary["model"] == DATA_MODEL]
+    data = data.sort_values("track", key=lambda t: t.map(lambda v: TRACK_ORDER.get(v, 9)), kind="stable")
+    return pd.concat([summary[summary["model"] != DATA_MODEL], data])
 
 
 # --- the summary table -------------------------------------------------------------------------------
@@ -246,17 +250,18 @@ def summary_notes(table: pd.DataFrame, run: Run) -> list[str]:
     return notes
 
 
-def fidelity_note(run: Run) -> str | None:
-    rows = run.metrics[run.metrics["metric"].isin(FIDELITY_METRICS)]
-    if rows.empty:
-        return None
-    notes = sorted({n for n in rows["note"] if n})
-    count = fidelity_count(run.config)
-    return ("Sample quality (FID, KID, IS, precision, recall) uses the suite's own evaluation classifier "
-            "(penultimate features; logits for IS), not Inception, against the test split"
-            + (f"; sample count: {count}" if count else "")
-            + (f"; {'; '.join(notes)}" if notes else "") + ". FID depends on the sample count: compare "
-            "FIDs only at the same count.")
+def fidelity_notes(run: Run) -> list[str]:
+    """How FID was computed, once per distinct note (models sharing a note are listed together)."""
+    rows = run.metrics[(run.metrics["metric"] == "fid") & (run.metrics["note"] != "")]
+    if not (run.metrics["metric"].isin(FIDELITY_METRICS)).any():
+        return []
+    lines = ["Sample quality (FID, KID, IS, precision, recall) uses the suite's own evaluation classifier's "
+             "features, not Inception; compare a model's figures with the data row of its own track, and "
+             "FIDs only at the same sample count" + (f" ({fidelity_count(run.config)})." if fidelity_count(run.config)
+                                                     else ".")]
+    labels = [f"{m} ({t})" if m == DATA_MODEL else m for m, t in zip(rows["model"], rows["track"])]
+    by_note = rows.assign(label=labels).groupby("note", sort=False)["label"].agg(lambda v: ", ".join(dict.fromkeys(v)))
+    return lines + [f"FID of {who}: {note}" for note, who in by_note.items()]
 
 
 def fidelity_count(config: dict) -> str:
@@ -359,8 +364,8 @@ def header_blocks(run: Run) -> list[Block]:
 def summary_blocks(run: Run) -> list[Block]:
     frame = summary_table(run.summary, run.metrics, run.info)
     blocks = [h2("Summary"), table(frame), bullets(summary_notes(frame, run))]
-    note = fidelity_note(run)
-    return blocks + ([para(note)] if note else [])
+    notes = fidelity_notes(run)
+    return blocks + ([para(notes[0]), bullets(notes[1:])] if notes else [])
 
 
 def likelihood_blocks(run: Run) -> list[Block]:

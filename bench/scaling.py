@@ -34,7 +34,7 @@ MAX_SECONDS = 3.0    # ... but stop once one (model, size) has had this much: a 
 MAX_REPEATS = 7
 PROBE_BATCH = 8      # the warm-up call's batch; its time sizes the measured batch: a slow sampler is
                      # timed at a halving of the asked batch, down to this one,
-MAX_CALL_S = 5.0     # that keeps one call under this many seconds
+MAX_CALL_S = 8.0     # that keeps one call under this many seconds
 SKIP_PROJECTED_S = 30.0  # a (model, size) projected past this per call is not run at all
 
 FAMILY_COST_NOTES = {
@@ -83,14 +83,18 @@ def time_per_sample(model, batch: int, device: torch.device, fixed: bool = False
     largest halving of it that keeps one call under MAX_CALL_S (never below PROBE_BATCH); ``fixed``
     forces ``batch``, so that every size of one model is timed at the same batch."""
     first = batch if fixed else min(batch, PROBE_BATCH)
-    # Warm-up (allocations, kernel selection); its time, first-call costs included, overstates the cost.
-    per_sample = _call(model, first, device) / first
+    warm = _call(model, first, device)  # warm-up: allocations, kernel selection
+    if warm / first * batch > SKIP_PROJECTED_S and warm > SKIP_PROJECTED_S / 4:
+        raise Skipped(f"projected {warm / first * batch:.0f}s per batch of {batch}; the warm-up alone took "
+                      f"{warm:.0f}s (cap {SKIP_PROJECTED_S:.0f}s)")
+    probe = _call(model, first, device)  # steady state: sizes the batch (first-call costs would overstate it)
+    per_sample = probe / first
     use = batch if fixed else _affordable_batch(batch, per_sample)
     if per_sample * use > SKIP_PROJECTED_S:
         raise Skipped(f"projected {per_sample * use:.0f}s per batch of {use} > {SKIP_PROJECTED_S:.0f}s cap")
-    if use != first and per_sample * use < MAX_SECONDS / 2:
+    times = [probe] if use == first else []  # the probe is a timed call after a warm-up: a repeat
+    if not times and per_sample * use < MAX_SECONDS / 2:
         _call(model, use, device)  # warm-up at the measured shape too, when cheap
-    times = []
     while len(times) < MAX_REPEATS and not _enough(times):
         times.append(_call(model, use, device))
     return statistics.median(times) / use, len(times), use

@@ -68,7 +68,9 @@ class FVSBN(GenerativeModel):
     def sample_with_conditionals(self, n: int, generator: torch.Generator | None = None):
         """Samples and the probability p(x_i = 1 | x_<i) the sampler used at each pixel."""
         d = self.dim
-        weight = self.masked_weight()
+        # Row i of W^T holds pixel i's weights onto every later pixel; contiguous rows keep each step's
+        # update a streaming read rather than a strided column gather.
+        outgoing = self.masked_weight().T.contiguous()
         x = torch.zeros(n, d, device=self.bias.device)
         probs = torch.empty(n, d, device=self.bias.device)
         running_logits = self.bias.expand(n, d).clone()
@@ -79,5 +81,5 @@ class FVSBN(GenerativeModel):
             xi = (uniforms[:, i] < p).to(x.dtype)
             x[:, i] = xi
             # Pixel i now feeds every later pixel's conditional (row j, column i of W, j > i).
-            running_logits.addr_(xi, weight[:, i])
+            running_logits.addr_(xi, outgoing[i])
         return x.view(n, *self.image_shape), probs

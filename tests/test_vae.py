@@ -163,3 +163,5 @@ def test_bad_arguments_are_named():
         ConvVAE((1, 8, 8), latent_dim=0)
     with pytest.raises(ValueError, match="K"):
         ConvVAE((1, 8, 8)).iwae_nll(torch.zeros(1, 1, 8, 8), k=0)
+    with pytest.raises(ValueError, match="binary"):
+        ConvVAE((1, 8, 8)).nll(torch.full((1, 1, 8, 8), 255.0))
