@@ -14,6 +14,9 @@ from bench.errors import UserError
 _UNITS = {"steps": "steps", "step": "steps", "s": "seconds", "sec": "seconds", "seconds": "seconds",
           "m": "minutes", "min": "minutes", "epochs": "epochs", "epoch": "epochs"}
 PRESETS = {"smoke": "20steps", "default": "60s", "full": "100epochs"}
+# The smoke preset also evaluates on a subset (test images for likelihoods, samples for FID), so the
+# whole suite runs in CI minutes; every other budget uses the whole test split unless --eval-size says.
+PRESET_EVAL_SIZE = {"smoke": 200}
 FORMS = "a preset (smoke, default, full) or an amount such as 500steps, 90s, 5min, 3epochs"
 
 
@@ -32,6 +35,10 @@ class Budget:
 
     def __str__(self) -> str:
         return self.label
+
+
+def default_eval_size(budget_text: str) -> int | None:
+    return PRESET_EVAL_SIZE.get(budget_text.strip())
 
 
 def parse_budget(text: str) -> Budget:

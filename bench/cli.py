@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", help="where downloaded datasets live (default: $BENCH_DATA_ROOT or the cache)")
     run.add_argument("--fid-samples", type=int, default=None,
                      help="samples per model for FID/IS/KID/PR (default: the test split's size)")
+    run.add_argument("--eval-size", type=int, default=None,
+                     help="test images scored for likelihood (default: the whole test split; smoke: 200)")
     run.add_argument("--throughput-cap", type=float, default=20.0,
                      help="skip a sampling batch size whose projected time exceeds this many seconds")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -85,10 +87,13 @@ def cmd_run(args) -> int:
         raise UserError("say which models to run: --all, or --models NAME[,NAME...] (see `python -m bench list`)")
     if args.fid_samples is not None and args.fid_samples < 2:
         raise UserError("--fid-samples must be at least 2")
+    if args.eval_size is not None and args.eval_size < 1:
+        raise UserError("--eval-size must be a positive number of test images")
     names = resolve_models(args.models, args.all)
     out, outcomes = run_suite(names, args.dataset, args.budget, args.seeds, args.device, args.out, args.data_root,
                               progress=not args.no_progress, isolate=not args.in_process,
-                              throughput_cap_s=args.throughput_cap, fidelity_samples=args.fid_samples)
+                              throughput_cap_s=args.throughput_cap, fidelity_samples=args.fid_samples,
+                              eval_size=args.eval_size)
     failed = [o for o in outcomes if o["status"] == "failed"]
     print(f"results: {out}/ (report.md, report.html, metrics.csv, summary.csv)")
     if failed:

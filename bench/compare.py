@@ -174,6 +174,7 @@ def comparability(config: dict) -> dict:
         "seeds": sorted(int(s) for s in config.get("seeds") or []),
         "device": str(config.get("device", "")).split(":")[0] or None,
         "fidelity_samples": config.get("fidelity_samples"),
+        "eval_size": config.get("eval_size"),
     }
 
 
@@ -388,7 +389,8 @@ def check_comparable(baseline: dict, config: dict) -> None:
     want = baseline.get("comparable_on") or {}
     have = comparability(config)
     for key, fix in [("dataset", "--dataset"), ("budget", "--budget"), ("seeds", "--seeds"),
-                     ("device", "--device"), ("fidelity_samples", "--fid-samples")]:
+                     ("device", "--device"), ("fidelity_samples", "--fid-samples"),
+                     ("eval_size", "--eval-size")]:
         if key in want and want[key] is not None and have.get(key) is not None and want[key] != have[key]:
             raise UserError(f"the baseline was made with {key} {want[key]}, this run used {have[key]}: "
                             f"their numbers are not comparable; rerun with the baseline's {fix}, "

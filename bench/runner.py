@@ -39,6 +39,7 @@ class Job:
     progress: bool = True
     throughput_cap_s: float = 20.0
     fidelity_samples: int | None = None  # None: the size of the test split
+    eval_size: int | None = None  # test images scored for likelihood; None: the whole test split
 
     @property
     def key(self) -> str:
@@ -85,7 +86,7 @@ def run_job(job: Job) -> JobOutcome:
         model = models.build(job.model, image_shape=data.image_shape).to(device)
         outcome.info.update(family=model.family, likelihood=model.likelihood, track=model.track,
                             conditional=model.conditional)
-        x_test = data.test_split(model.track)
+        x_test = data.test_split(model.track)[:job.eval_size]
         budget = parse_budget(job.budget)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -145,11 +146,9 @@ def _evaluate(model, data, x_test, device, job: Job, outcome: JobOutcome) -> lis
 
 
 def _sample_quality(model, data, device, job: Job, outcome: JobOutcome) -> list[dict]:
-    """Sample-quality metrics through the evaluation classifier, when that module is present."""
-    try:
-        from bench import fidelity
-    except ImportError:
-        return []
+    """FID, IS, KID, precision/recall (and class accuracy) through the evaluation classifier."""
+    from bench import fidelity
+
     return fidelity.model_rows(model, data, device, job, outcome)
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bench import results
-from bench.budgets import parse_budget
+from bench.budgets import default_eval_size, parse_budget
 from bench.data import dataset_summaries, load_dataset
 from bench.errors import UserError
 from bench.runner import Job, resolve_device, run_isolated, run_job
@@ -42,8 +42,11 @@ def check_tracks(model_names: list[str], data) -> None:
 
 def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], device: str,
               out: Path | None, data_root: str | None, progress: bool = True, isolate: bool = True,
-              throughput_cap_s: float = 20.0, fidelity_samples: int | None = None) -> tuple[Path, list[dict]]:
+              throughput_cap_s: float = 20.0, fidelity_samples: int | None = None,
+              eval_size: int | None = None) -> tuple[Path, list[dict]]:
     parse_budget(budget)  # a malformed budget fails before any work starts
+    eval_size = eval_size or default_eval_size(budget)
+    fidelity_samples = fidelity_samples or eval_size
     torch_device = resolve_device(device)
     data = load_dataset(dataset, data_root)  # a missing dataset fails before any work starts
     check_tracks(models_, data)
@@ -56,6 +59,7 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
         "image_shape": list(data.image_shape), "budget": budget, "budget_resolved": asdict(parse_budget(budget)),
         "seeds": seeds, "device": str(torch_device), "data_root": str(data_root) if data_root else None,
         "throughput_cap_s": throughput_cap_s, "fidelity_samples": fidelity_samples or len(data.test_images),
+        "eval_size": min(eval_size or len(data.test_images), len(data.test_images)),
         "started": datetime.now().isoformat(timespec="seconds"), "versions": results.package_versions(),
         "git_commit": results.git_commit(), "hardware": results.hardware(torch_device),
         "datasets_known": dataset_summaries(),
@@ -68,7 +72,7 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
     for model_name in models_:
         for seed in seeds:
             job = Job(model_name, dataset, seed, budget, str(torch_device), str(out), data_root, progress,
-                      throughput_cap_s, fidelity_samples)
+                      throughput_cap_s, fidelity_samples, eval_size)
             outcome = run_isolated(job) if isolate else run_job(job)
             outcomes.append(asdict(outcome) if not isinstance(outcome, dict) else outcome)
             _print_outcome(outcomes[-1])
@@ -81,12 +85,10 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
 
 
 def _prepare_shared(config: dict, data, device, out: Path, progress: bool) -> list[dict]:
-    """Work shared by all jobs, when the sample-quality module is present: the evaluation classifier
-    (its accuracy goes into ``config``) and the ``data`` row's outcome (real images scored as a model)."""
-    try:
-        from bench import fidelity
-    except ImportError:
-        return []
+    """Work shared by all jobs: the evaluation classifier (its accuracy goes into ``config``) and the
+    ``data`` rows' outcomes (real held-out images scored as if they were samples)."""
+    from bench import fidelity
+
     return fidelity.prepare_run(config, data, device, out, progress)
 
 

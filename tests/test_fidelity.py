@@ -251,7 +251,9 @@ def test_suite_scores_uniform_noise_far_below_a_trained_model(tmp_path):
     fid = quality[quality.metric == "fid"].set_index(["model", "track"])["value"]
     assert fid[("uniform-noise", "8bit")] > 10 * fid[("data", "8bit")]
     assert fid[("uniform-noise", "8bit")] > fid[("fvsbn", "binary")]  # even 20 steps of training beat noise
-    assert quality.note.str.contains("360 samples|360 real training images").all()
+    # smoke evaluates 200 samples (the preset's evaluation size) against all 360 test images
+    assert quality.note.str.contains("200 samples|200 real training images").all()
+    assert quality[quality.metric == "fid"].note.str.contains("vs 360").all()
     config = pd.read_json(out / "config.json", typ="series")
     assert 0.5 < config["classifier_accuracy"] <= 1.0 and config["fidelity_reference_split"] == "test"
     print(f"bench run (digits, fvsbn + uniform-noise, smoke): {seconds:.1f}s")
