@@ -3,9 +3,14 @@
 Every model is built untrained at 8x8, 14x14 and 28x28 (D = 64, 196, 784), the time per sample is
 measured at one fixed batch size (warm-up first, then the median of a few repeats; on a GPU after
 ``torch.cuda.synchronize``; a slow sampler such as DDPM at a smaller batch, the same for all its sizes,
-and with fewer repeats, so that the whole study stays within minutes on a CPU), and a straight line is fitted to log10(seconds per sample) against
-log10(D): its slope says how the cost grows with the number of pixels (about 1 for work linear in D,
-about 2 for FVSBN's D sequential steps that each touch D logits).
+and with fewer repeats, so that the whole study stays within minutes on a CPU), and a straight line is
+fitted to log10(seconds per sample) against log10(D): its slope says how the cost grows with the number
+of pixels.
+
+The default batch is 1, the latency of one sample: there a sampler's *sequential depth* shows (FVSBN's
+D dependent steps give a slope near 1, a flow's single parallel pass much less). At a large batch the
+study measures throughput instead, which on a small CPU is bound by total work and memory traffic
+(FVSBN's O(D^2) multiply-adds against a flow's O(D) convolutions) and can rank the two the other way.
 
 Untrained weights suffice because no sampler here does weight-dependent work (no adaptive ODE solver,
 no early stopping): ``FAMILY_COST_NOTES`` says why, family by family. Only measured figures are
