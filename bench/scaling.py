@@ -30,6 +30,7 @@ import torch
 
 from bench import measure, results
 
+DEFAULT_SIZES = (8, 14, 28)
 TIMING_COLUMNS = ["model", "size", "dim", "batch", "seconds_per_sample", "repeats", "family", "sampling_nfe"]
 FIT_COLUMNS = ["model", "slope", "intercept", "r2"]
 SKIP_COLUMNS = ["model", "size", "reason"]
@@ -251,6 +252,18 @@ def markdown_lines(timings, fits, skipped, meta) -> list[str]:
 
 
 # --- the command ---------------------------------------------------------------------------------
+def study_into(out: Path, names: list[str], device: torch.device, sizes=DEFAULT_SIZES, batch: int = 1):
+    """Measure every model at every size and write the study's files into ``out``."""
+    started_at, started = datetime.now().isoformat(timespec="seconds"), time.perf_counter()
+    timings, fits, skipped = run_study(names, list(sizes), batch, device)
+    meta = {"models": names, "sizes": list(sizes), "batch": batch, "device": str(device),
+            "started": started_at,
+            "wall_seconds": round(time.perf_counter() - started, 1), "versions": results.package_versions(),
+            "git_commit": results.git_commit(), "hardware": results.hardware(device)}
+    write_study(out, timings, fits, skipped, meta)
+    return timings, fits, skipped, meta
+
+
 def main(args) -> int:
     """``python -m bench scaling``: measure, write the files into --out, re-render a run's report there."""
     from bench.runner import resolve_device
@@ -262,13 +275,7 @@ def main(args) -> int:
         raise UserError(f"--sizes must be image sides of at least 2 pixels, e.g. 8,14,28; got {args.sizes}")
     device = resolve_device(args.device)
     out = Path(args.out) if args.out else Path("results") / datetime.now().strftime("scaling-%Y%m%d-%H%M%S")
-    started_at, started = datetime.now().isoformat(timespec="seconds"), time.perf_counter()
-    timings, fits, skipped = run_study(names, list(args.sizes), args.batch, device)
-    meta = {"models": names, "sizes": list(args.sizes), "batch": args.batch, "device": str(device),
-            "started": started_at,
-            "wall_seconds": round(time.perf_counter() - started, 1), "versions": results.package_versions(),
-            "git_commit": results.git_commit(), "hardware": results.hardware(device)}
-    write_study(out, timings, fits, skipped, meta)
+    timings, fits, skipped, meta = study_into(out, names, device, list(args.sizes), args.batch)
     print("\n".join(markdown_lines(timings, fits, skipped, meta)))
     if (out / "metrics.csv").exists():  # --out is a run's folder: its report gains the scaling section
         from bench import report

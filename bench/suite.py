@@ -43,7 +43,7 @@ def check_tracks(model_names: list[str], data) -> None:
 def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], device: str,
               out: Path | None, data_root: str | None, progress: bool = True, isolate: bool = True,
               throughput_cap_s: float = 20.0, fidelity_samples: int | None = None,
-              eval_size: int | None = None) -> tuple[Path, list[dict]]:
+              eval_size: int | None = None, scaling: bool = True) -> tuple[Path, list[dict]]:
     parse_budget(budget)  # a malformed budget fails before any work starts
     eval_size = eval_size or default_eval_size(budget)
     fidelity_samples = fidelity_samples or eval_size
@@ -77,6 +77,8 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
             outcomes.append(asdict(outcome) if not isinstance(outcome, dict) else outcome)
             _print_outcome(outcomes[-1])
             results.write_tables(out, outcomes)  # after every job: nothing computed is lost
+    if scaling:
+        _scaling_study(out, models_, torch_device)
     config["wall_seconds"] = round(time.perf_counter() - started, 1)
     results.write_json(out / "config.json", config)
     from bench import report
@@ -90,6 +92,17 @@ def _prepare_shared(config: dict, data, device, out: Path, progress: bool) -> li
     from bench import fidelity
 
     return fidelity.prepare_run(config, data, device, out, progress)
+
+
+def _scaling_study(out: Path, model_names: list[str], device) -> None:
+    """The sampling-cost scaling study (untrained models, seconds) into the run's folder, for the report.
+    A failure here is printed and leaves the run's results as they are."""
+    from bench import scaling
+
+    try:
+        scaling.study_into(out, model_names, device)
+    except Exception as exc:  # the models' own results are already on disk
+        print(f"scaling study failed: {type(exc).__name__}: {exc}", flush=True)
 
 
 def _print_outcome(o: dict):

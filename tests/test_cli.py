@@ -27,7 +27,8 @@ def smoke_run(tmp_path_factory):
 def test_smoke_suite_end_to_end(smoke_run):
     proc, out = smoke_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in ["config.json", "metrics.csv", "summary.csv", "report.md", "report.html", "jobs.csv"]:
+    for name in ["config.json", "metrics.csv", "summary.csv", "report.md", "report.html", "jobs.csv",
+                 "scaling.csv", "scaling_fit.csv"]:
         assert (out / name).is_file(), name
     metrics = pd.read_csv(out / "metrics.csv")
     for model in ["fvsbn", "realnvp"]:
@@ -40,6 +41,9 @@ def test_smoke_suite_end_to_end(smoke_run):
     for model in ["fvsbn", "realnvp"]:
         throughput = metrics[(metrics.model == model) & (metrics.metric == "sample_throughput")]
         assert sorted(throughput.batch) == [16, 256, 1024] and (throughput.value > 0).all()
+    assert "## Sampling cost against image size" in (out / "report.md").read_text()
+    fits = pd.read_csv(out / "scaling_fit.csv").set_index("model")
+    assert {"fvsbn", "realnvp"} <= set(fits.index)
     config = json.loads((out / "config.json").read_text())
     assert config["dataset"] == "mnist5k" and config["budget"] == "smoke" and "torch" in config["versions"]
     # smoke evaluates on a 200-image subset (CI minutes); the config says so
