@@ -30,9 +30,6 @@ class Budget:
         done = {"steps": steps, "seconds": seconds, "epochs": epochs}[self.kind]
         return done >= self.amount
 
-    def progress_total(self) -> float:
-        return self.amount
-
     def __str__(self) -> str:
         return self.label
 

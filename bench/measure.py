@@ -5,7 +5,6 @@ identifying columns (model, dataset, seed, ...).
 """
 from __future__ import annotations
 
-import math
 import resource
 import statistics
 import time
@@ -47,14 +46,14 @@ def sample_throughput(model, device: torch.device, batches=THROUGHPUT_BATCHES, m
     rows, notes = [], []
     per_sample = None
     for b in batches:
-        labels = _labels(model, b, device)
+        labels = sample_labels(model, b, device)
         if per_sample is not None and per_sample * b > max_seconds:
             notes.append(f"batch {b} skipped: projected {per_sample * b:.0f}s > {max_seconds:.0f}s cap")
             continue
-        _timed_sample(model, min(b, 16), _labels(model, min(b, 16), device), device)  # warm-up
+        timed_sample(model, min(b, 16), sample_labels(model, min(b, 16), device), device)  # warm-up
         times = []
         while len(times) < max_repeats and (sum(times) < min_seconds or len(times) < 1):
-            times.append(_timed_sample(model, b, labels, device))
+            times.append(timed_sample(model, b, labels, device))
             if times[-1] > max_seconds / 2:
                 break
         median = statistics.median(times)
@@ -64,21 +63,21 @@ def sample_throughput(model, device: torch.device, batches=THROUGHPUT_BATCHES, m
 
 
 @torch.no_grad()
-def _timed_sample(model, n: int, labels, device: torch.device) -> float:
-    _sync(device)
+def timed_sample(model, n: int, labels, device: torch.device) -> float:
+    synchronize(device)
     start = time.perf_counter()
     model.sample(n, labels=labels) if labels is not None else model.sample(n)
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - start
 
 
-def _labels(model, n: int, device: torch.device):
+def sample_labels(model, n: int, device: torch.device):
     if not getattr(model, "conditional", False):
         return None
     return torch.arange(n, device=device) % model.num_classes
 
 
-def _sync(device: torch.device):
+def synchronize(device: torch.device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -113,7 +112,3 @@ def draw_samples(model, n: int, device: torch.device, batch_size: int = 500, lab
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x.clamp(0, 1) * 255.0).round().to(torch.uint8)
-
-
-def finite_or_nan(value: float) -> float:
-    return value if math.isfinite(value) else float("nan")

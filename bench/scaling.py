@@ -107,7 +107,7 @@ def time_per_sample(model, batch: int, device: torch.device, fixed: bool = False
 
 
 def _call(model, n: int, device: torch.device) -> float:
-    return measure._timed_sample(model, n, measure._labels(model, n, device), device)
+    return measure.timed_sample(model, n, measure.sample_labels(model, n, device), device)
 
 
 def _affordable_batch(batch: int, seconds_per_sample: float) -> int:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from bench.budgets import Budget
 from bench.data import to_track
+from bench.measure import synchronize
 
 
 class Diverged(Exception):
@@ -68,7 +69,7 @@ def train(model, images: torch.Tensor, labels: torch.Tensor, budget: Budget, dev
     steps_per_epoch = max(1, len(images) // batches.batch_size)
     log_every = _log_interval(budget, steps_per_epoch, curve_points)
     model.train()
-    bar = tqdm(total=budget.progress_total(), desc=f"train {model.name}", unit=budget.kind,
+    bar = tqdm(total=budget.amount, desc=f"train {model.name}", unit=budget.kind,
                disable=not progress, leave=False, dynamic_ncols=True)
     start = time.perf_counter()
     try:
@@ -78,7 +79,7 @@ def train(model, images: torch.Tensor, labels: torch.Tensor, budget: Budget, dev
                 stats = model.train_step(batch, optimizers)
             except FloatingPointError as exc:
                 raise Diverged(result.steps + 1, str(exc)) from None
-            _sync(device)
+            synchronize(device)
             result.steps += 1
             result.examples += len(batch[0])
             result.seconds = time.perf_counter() - start
@@ -90,7 +91,8 @@ def train(model, images: torch.Tensor, labels: torch.Tensor, budget: Budget, dev
                 bar.set_postfix(loss=f"{loss:.4g}")
             bar.n = {"steps": result.steps, "seconds": round(result.seconds, 1),
                      "epochs": round(result.steps / steps_per_epoch, 2)}[budget.kind]
-            bar.refresh() if result.steps % 20 == 0 else None
+            if result.steps % 20 == 0:
+                bar.refresh()
     finally:
         bar.close()
         model.eval()
@@ -105,8 +107,3 @@ def _log_interval(budget: Budget, steps_per_epoch: int, points: int) -> int:
     if budget.kind == "epochs":
         return max(1, int(budget.amount * steps_per_epoch) // points)
     return 10  # a time budget: the step count is unknown in advance
-
-
-def _sync(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
