@@ -79,6 +79,14 @@ class GenerativeModel(nn.Module):
         Each row: ``{"metric", "value", "unit", "kind"}``. Default: none."""
         return []
 
+    def self_checks(self, x_test: torch.Tensor) -> list[dict]:
+        """Run-time checks that this trained model's numbers hold (shown in the report's checks section).
+
+        Each check: ``{"check": name, "passed": bool, "value": float, "tolerance": float, "detail": str}``,
+        e.g. the sampler's conditionals against the likelihood's, or inverse(forward(x)) against x.
+        Cheap: a batch, seconds on a CPU. Default: none."""
+        return []
+
 
 def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniform dequantization of 8-bit pixels: y = (x + u) / 256 with u ~ U[0, 1).
