@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--baseline", required=True, help="results/baselines/<name>.json")
     compare.add_argument("--tolerance", action="append", default=[], metavar="METRIC=TOL",
                          help="override a metric's tolerance, e.g. fid=0.5 or sample_throughput=0.6")
+    compare.add_argument("--format", choices=["text", "junit", "markdown", "json"], default="text",
+                         help="text (default), junit (JUnit XML: one test case per model and metric), "
+                              "markdown (a GitHub job summary) or json")
+    compare.add_argument("--output", metavar="FILE",
+                         help="write the formatted result to FILE (the text table still goes to stdout)")
 
     baseline = sub.add_parser("baseline", help="write a baseline file from a run")
     baseline.add_argument("run_dir")

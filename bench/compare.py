@@ -444,13 +444,28 @@ def summary_line(rows: list[Row]) -> str:
 
 
 def main(args) -> int:
+    from bench import compare_formats
+
+    fmt, output = getattr(args, "format", "text") or "text", getattr(args, "output", None)
+    if output and Path(output).is_dir():
+        raise UserError(f"--output {output} is a folder: give a file path, e.g. {Path(output) / 'compare.xml'}")
     baseline = read_baseline(args.baseline)
     rows = compare(args.run_dir, baseline, list(args.tolerance or []))
-    print(f"compare {args.run_dir} with {args.baseline} (dataset {baseline.get('dataset')}, budget "
-          f"{baseline.get('budget')}, seeds {baseline.get('seeds')}, baseline commit {baseline.get('git_commit')})")
+    summary = summary_line(rows)
+    header = (f"compare {args.run_dir} with {args.baseline} (dataset {baseline.get('dataset')}, budget "
+              f"{baseline.get('budget')}, seeds {baseline.get('seeds')}, baseline commit {baseline.get('git_commit')})")
     notes = context_notes(baseline, load_run(args.run_dir)[0])
-    if notes:
-        print("note: " + "; ".join(notes) + " (last digits may differ)")
-    print(render(rows))
-    print(summary_line(rows))
+    note = ("note: " + "; ".join(notes) + " (last digits may differ)") if notes else ""
+    text = "\n".join(filter(None, [header, note, render(rows), summary])) + "\n"
+    formatted = {"text": lambda: text,
+                 "junit": lambda: compare_formats.to_junit(rows),
+                 "markdown": lambda: compare_formats.to_markdown(rows, summary, render),
+                 "json": lambda: compare_formats.to_json(rows, summary)}[fmt]()
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(formatted)
+        print(text, end="")  # the human-readable table still goes to the log
+        print(f"{fmt} written to {output}")
+    else:
+        print(formatted, end="")
     return 1 if any(r.verdict == "regressed" for r in rows) else 0

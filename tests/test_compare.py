@@ -329,3 +329,50 @@ def test_differing_versions_and_threads_are_noted_not_refused(tmp_path, baseline
                                                                                      "torch_threads": 1}})
     assert code == 0
     assert "note: torch x in the baseline, y now" in out.out
+
+
+# --- CI-native output formats --------------------------------------------------------------------
+def test_junit_output_parses_and_has_one_failure_per_regressed_metric(tmp_path, baseline_file):
+    import xml.etree.ElementTree as ET
+
+    worse = changed(changed(BASE_VALUES, "realnvp", "test_bpd", 6.40 * 1.05), "fvsbn", "test_nll", 380.0 * 1.2)
+    out = tmp_path / "ci" / "compare.xml"
+    code, _ = run_compare(tmp_path, worse, baseline_file, "--format", "junit", "--output", str(out))
+    assert code == 1
+    root = ET.parse(out).getroot()
+    failures = root.findall(".//testcase/failure")
+    failed = sorted(case.get("name") for case in root.iter("testcase") if case.find("failure") is not None)
+    assert len(failures) == 2 and failed == ["test_bpd", "test_nll"]
+    assert int(root.get("failures")) == 2
+    # one test case per (model, metric[, batch]) row of the text table
+    assert len(root.findall(".//testcase")) == 2 * 7
+    assert {s.get("name") for s in root.findall("testsuite")} == {"fvsbn", "realnvp"}
+
+
+def test_junit_output_of_an_identical_run_has_no_failures(tmp_path, baseline_file, capsys):
+    import xml.etree.ElementTree as ET
+
+    code, out = run_compare(tmp_path, BASE_VALUES, baseline_file, "--format", "junit", capsys=capsys)
+    assert code == 0
+    root = ET.fromstring(out.out.split("\n", 1)[1])  # after the XML declaration
+    assert root.get("failures") == "0" and not root.findall(".//failure")
+
+
+def test_markdown_and_json_outputs_name_the_regression(tmp_path, baseline_file, capsys):
+    worse = changed(BASE_VALUES, "realnvp", "test_bpd", 6.40 * 1.05)
+    code, out = run_compare(tmp_path, worse, baseline_file, "--format", "markdown", capsys=capsys)
+    assert code == 1
+    lines = [line for line in out.out.splitlines() if line.startswith("|")]
+    assert "REGRESSED" in lines[2] and "realnvp" in lines[2]  # regressions first, after header and rule
+    code, out = run_compare(tmp_path, worse, baseline_file, "--format", "json", capsys=capsys)
+    payload = json.loads(out.out)
+    assert code == 1 and payload["verdict"] == "regressed"
+    (bad,) = [r for r in payload["rows"] if r["verdict"] == "regressed"]
+    assert (bad["model"], bad["metric"]) == ("realnvp", "test_bpd")
+    assert bad["current"] == pytest.approx(6.40 * 1.05)
+
+
+def test_output_path_that_is_a_folder_is_refused(tmp_path, baseline_file, capsys):
+    code, out = run_compare(tmp_path, BASE_VALUES, baseline_file, "--format", "json", "--output", str(tmp_path),
+                            capsys=capsys)
+    assert code == 2 and "is a folder" in out.err

@@ -1,0 +1,64 @@
+"""``bench compare`` output for CI systems: JUnit XML, a Markdown job summary, JSON.
+
+Every format carries the same judged rows (``bench.compare.Row``): one per (model, metric[, batch]).
+
+- ``junit``: one test suite per model, one test case per (model, metric[, batch]); a regression is a
+  ``<failure>``, a metric shown but never gated (or present on one side only) passes with its verdict in
+  ``system-out``. Jenkins, GitLab, GitHub (through a JUnit action) and most CI systems render it.
+- ``markdown``: the verdict line and a table with regressions first, fit for ``$GITHUB_STEP_SUMMARY``.
+- ``json``: ``{"verdict", "summary", "rows": [...]}`` for scripts.
+"""
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+from dataclasses import asdict
+
+FORMATS = ("text", "junit", "markdown", "json")
+_VERDICT_ORDER = {"regressed": 0, "removed": 1, "added": 2, "improved": 3, "ok": 4, "info": 5}
+
+
+def case_name(row) -> str:
+    return row.metric + (f"@{row.batch}" if row.batch is not None else "")
+
+
+def _value(value):
+    if value is None or isinstance(value, str):
+        return value
+    return None if math.isnan(value) else float(value)
+
+
+def to_junit(rows, title: str = "genbench compare") -> str:
+    failures = sum(r.verdict == "regressed" for r in rows)
+    root = ET.Element("testsuites", name=title, tests=str(len(rows)), failures=str(failures))
+    for model in dict.fromkeys(r.model for r in rows):
+        mine = [r for r in rows if r.model == model]
+        suite = ET.SubElement(root, "testsuite", name=model, tests=str(len(mine)),
+                              failures=str(sum(r.verdict == "regressed" for r in mine)))
+        for r in mine:
+            case = ET.SubElement(suite, "testcase", classname=f"genbench.{model}", name=case_name(r))
+            detail = (f"baseline {_value(r.baseline)}, current {_value(r.current)}, change {r.change}, "
+                      f"tolerance {r.tolerance}")
+            if r.verdict == "regressed":
+                failure = ET.SubElement(case, "failure", message=f"{model} {case_name(r)} regressed: {r.change}",
+                                        type="regression")
+                failure.text = detail
+            else:
+                ET.SubElement(case, "system-out").text = f"{r.verdict}: {detail}"
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def to_markdown(rows, summary: str, render_table) -> str:
+    """``render_table`` is ``bench.compare.render`` (a GitHub table); regressions are listed first."""
+    ordered = sorted(rows, key=lambda r: _VERDICT_ORDER.get(r.verdict, 9))
+    icon = ":x:" if summary.startswith("REGRESSION") else ":white_check_mark:"
+    return f"### genbench regression gate\n\n{icon} {summary}\n\n{render_table(ordered)}\n"
+
+
+def to_json(rows, summary: str) -> str:
+    payload = {"verdict": "regressed" if any(r.verdict == "regressed" for r in rows) else "ok",
+               "summary": summary,
+               "rows": [{**asdict(r), "baseline": _value(r.baseline), "current": _value(r.current)} for r in rows]}
+    return json.dumps(payload, indent=1) + "\n"
