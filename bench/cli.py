@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip the sampling-cost scaling study (untrained models at 8x8, 14x14, 28x28)")
     run.add_argument("--in-process", action="store_true",
                      help="run jobs in this process (debugging; peak memory is then the whole run's)")
+    run.add_argument("--model-args", action="append", default=[], metavar="MODEL:KEY=VALUE[,KEY=VALUE]",
+                     help="override a model's constructor settings, e.g. realnvp:lr=5e-4,hidden=64 (repeatable)")
+    run.add_argument("--config", metavar="FILE.yaml",
+                     help="a YAML file whose keys mirror these flags (budget: smoke, model_args: {realnvp: "
+                          "{lr: 5e-4}}, ...); flags given on the command line win")
 
     sub.add_parser("list", help="models, datasets, budgets and metrics")
 
@@ -81,12 +86,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if getattr(args, "config", None):
+            args = _apply_config_file(parser, argv, args)
         return COMMANDS[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+_STRING_OPTIONS = ("dataset", "budget", "device", "out", "data_root")
+
+
+def _apply_config_file(parser: argparse.ArgumentParser, argv, args) -> argparse.Namespace:
+    """Re-parse with the file's values as defaults, so that every flag given on the command line wins;
+    ``model_args`` merge per model and setting, the command line's winning."""
+    from bench.settings import parse_model_args, read_config
+
+    run_parser = parser._subparsers._group_actions[0].choices[args.command]
+    allowed = {a.dest for a in run_parser._actions} - {"help", "config"}
+    config = read_config(args.config, allowed)
+    file_model_args = config.pop("model_args", None) or {}
+    if not isinstance(file_model_args, dict) or not all(isinstance(v, dict) for v in file_model_args.values()):
+        raise UserError(f"--config {args.config}: model_args must map model names to settings, "
+                        f"e.g. model_args: {{realnvp: {{lr: 0.0005}}}}")
+    for key in _STRING_OPTIONS:
+        if config.get(key) is not None:
+            config[key] = str(config[key])
+    if isinstance(config.get("seeds"), int):
+        config["seeds"] = [config["seeds"]]
+    run_parser.set_defaults(**config)
+    merged = parser.parse_args(argv)
+    overrides = {m: dict(v) for m, v in file_model_args.items()}
+    for model, settings in parse_model_args(merged.model_args).items():
+        overrides.setdefault(model, {}).update(settings)
+    merged.model_args = [f"{m}:" + ",".join(f"{k}={v!r}" for k, v in s.items()) for m, s in overrides.items() if s]
+    return merged
 
 
 def cmd_run(args) -> int:
@@ -99,10 +136,14 @@ def cmd_run(args) -> int:
     if args.eval_size is not None and args.eval_size < 1:
         raise UserError("--eval-size must be a positive number of test images")
     names = resolve_models(args.models, args.all)
+    from bench.settings import parse_model_args, resolve_model_args
+
+    model_args = parse_model_args(args.model_args)
+    resolve_model_args(model_args, names)  # unknown models or settings fail before any work starts
     out, outcomes = run_suite(names, args.dataset, args.budget, args.seeds, args.device, args.out, args.data_root,
                               progress=not args.no_progress, isolate=not args.in_process,
                               throughput_cap_s=args.throughput_cap, fidelity_samples=args.fid_samples,
-                              eval_size=args.eval_size, scaling=not args.no_scaling)
+                              eval_size=args.eval_size, scaling=not args.no_scaling, model_args=model_args)
     failed = [o for o in outcomes if o["status"] == "failed"]
     print(f"results: {out}/ (report.md, report.html, metrics.csv, summary.csv)")
     if failed:

@@ -40,6 +40,7 @@ class Job:
     throughput_cap_s: float = 20.0
     fidelity_samples: int | None = None  # None: the size of the test split
     eval_size: int | None = None  # test images scored for likelihood; None: the whole test split
+    model_args: dict = field(default_factory=dict)  # constructor overrides (--model-args)
 
     @property
     def key(self) -> str:
@@ -83,7 +84,7 @@ def run_job(job: Job) -> JobOutcome:
     try:
         seed_everything(job.seed)
         data = load_dataset(job.dataset, job.data_root)
-        model = models.build(job.model, image_shape=data.image_shape).to(device)
+        model = models.build(job.model, image_shape=data.image_shape, **job.model_args).to(device)
         outcome.info.update(family=model.family, likelihood=model.likelihood, track=model.track,
                             conditional=model.conditional)
         x_test = data.test_split(model.track)[:job.eval_size]

@@ -43,8 +43,13 @@ def check_tracks(model_names: list[str], data) -> None:
 def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], device: str,
               out: Path | None, data_root: str | None, progress: bool = True, isolate: bool = True,
               throughput_cap_s: float = 20.0, fidelity_samples: int | None = None,
-              eval_size: int | None = None, scaling: bool = True) -> tuple[Path, list[dict]]:
+              eval_size: int | None = None, scaling: bool = True,
+              model_args: dict[str, dict] | None = None) -> tuple[Path, list[dict]]:
+    from bench.settings import resolve_model_args
+
     parse_budget(budget)  # a malformed budget fails before any work starts
+    model_args = model_args or {}
+    model_settings = resolve_model_args(model_args, models_)
     eval_size = eval_size or default_eval_size(budget)
     fidelity_samples = fidelity_samples or eval_size
     torch_device = resolve_device(device)
@@ -63,6 +68,7 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
         "started": datetime.now().isoformat(timespec="seconds"), "versions": results.package_versions(),
         "git_commit": results.git_commit(), "hardware": results.hardware(torch_device),
         "datasets_known": dataset_summaries(),
+        "model_args": model_args, "model_settings": model_settings,
     }
     outcomes = _prepare_shared(config, data, torch_device, out, progress)
     results.write_json(out / "config.json", config)
@@ -72,7 +78,7 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
     for model_name in models_:
         for seed in seeds:
             job = Job(model_name, dataset, seed, budget, str(torch_device), str(out), data_root, progress,
-                      throughput_cap_s, fidelity_samples, eval_size)
+                      throughput_cap_s, fidelity_samples, eval_size, model_args.get(model_name, {}))
             outcome = run_isolated(job) if isolate else run_job(job)
             outcomes.append(asdict(outcome) if not isinstance(outcome, dict) else outcome)
             _print_outcome(outcomes[-1])
