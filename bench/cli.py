@@ -171,29 +171,16 @@ def cmd_list(_args) -> int:
         print(f"  {name:<8} = {spec}")
     print(f"  or {FORMS}")
     print("metrics:")
-    for name, (unit, meaning) in METRICS.items():
-        print(f"  {name:<18} {unit:<11} {meaning}")
+    from bench.metrics import REGISTRY
+
+    print(f"  {'name':<18} {'unit':<11} {'better':<7} {'CI gate':<14} meaning")
+    for m in REGISTRY.values():
+        better = m.direction or "-"
+        gate = m.rule.describe() if m.rule.gated and m.direction else "shown only"
+        print(f"  {m.name:<18} {m.unit or '-':<11} {better:<7} {gate:<14} {m.meaning}")
     return 0
 
 
-METRICS = {
-    "test_nll": ("nats", "negative log-likelihood per test example (exact, bound or estimate)"),
-    "test_bpd": ("bits/dim", "test_nll / (D ln 2); 8bit track includes the D ln 256 dequantization term"),
-    "fid": ("", "Frechet distance of evaluation-classifier features, samples vs test split"),
-    "kid": ("", "kernel inception distance on the same features"),
-    "is": ("", "inception score from the evaluation classifier's logits"),
-    "precision": ("fraction", "improved precision (k-NN manifold) of samples"),
-    "recall": ("fraction", "improved recall (k-NN manifold) of samples"),
-    "class_accuracy": ("fraction", "conditional models: classifier agrees with the requested label"),
-    "sample_throughput": ("samples/s", "sampling speed at the batch size in the `batch` column"),
-    "sampling_nfe": ("evaluations", "sequential network evaluations one sample costs"),
-    "train_throughput": ("examples/s", "training examples per second over the budget"),
-    "train_seconds": ("s", "training wall time"),
-    "train_steps": ("steps", "optimisation steps the budget bought"),
-    "train_examples": ("examples", "training examples seen"),
-    "peak_memory": ("MiB", "GPU: max allocated; CPU: peak resident memory of the worker process"),
-    "params": ("count", "trainable parameters"),
-}
 
 
 def cmd_report(args) -> int:

@@ -33,75 +33,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench import metrics as metric_registry
 from bench import results
+from bench.metrics import Rule
 from bench.errors import UserError
 
 BASELINE_FORMAT = "genbench-baseline/1"
 BATCH_SEPARATOR = "@"  # the summary's column name for a metric at one batch size: sample_throughput@256
 
 
-@dataclass(frozen=True)
-class Rule:
-    """How one metric is judged: which way is better, and how much worse is still noise."""
-
-    direction: str | None  # "lower" | "higher" | None (no better side: params, steps)
-    rel: float = 0.0  # fraction of |baseline|
-    abs: float = 0.0  # in the metric's unit
-    gated: bool = True  # False: shown, never a regression
-
-    def band(self, baseline: float) -> float:
-        return max(self.rel * abs(baseline), self.abs)
-
-    def describe(self) -> str:
-        """The band as the allowed worsening: ``+1%`` (may rise 1%), ``-70%`` (may fall to 0.3x)."""
-        if not self.gated or self.direction is None:
-            return "-"
-        sign = "+" if self.direction == "lower" else "-"
-        parts = ([f"{sign}{100 * self.rel:.3g}%"] if self.rel else []) + ([f"{sign}{self.abs:.3g}"] if self.abs else [])
-        return " or ".join(parts) if parts else "0"
-
-
-# Likelihoods at a step budget repeat bit for bit on one machine and to ~1e-8 across thread counts;
-# FVSBN's smoke bits/dim moves 0.02% between seeds but +13.5% when its learning rate is halved, so
-# 1% leaves room for another CPU's arithmetic and still catches a changed default or a broken model.
-_LIKELIHOOD = Rule("lower", rel=0.01)
-# Sample-quality scores come from ~1,000 samples: a few flipped pixels move them a little.
-_SAMPLE_DISTANCE = Rule("lower", rel=0.10, abs=0.5)
-_FRACTION = Rule("higher", abs=0.05)
-# Speed on a shared machine: fail only below 0.3x of the baseline.
-_SPEED = Rule("higher", rel=0.70)
-_INFO_LOWER = Rule("lower", gated=False)
-_INFO = Rule(None, gated=False)
-
-DEFAULT_RULES: dict[str, Rule] = {
-    "test_bpd": _LIKELIHOOD,
-    "test_nll": _LIKELIHOOD,
-    "fid": _SAMPLE_DISTANCE,
-    "kid": Rule("lower", rel=0.25, abs=0.01),
-    "is": Rule("higher", rel=0.10),
-    "precision": _FRACTION,
-    "recall": _FRACTION,
-    "class_accuracy": _FRACTION,
-    "sample_throughput": _SPEED,
-    "train_throughput": _SPEED,
-    "peak_memory": Rule("lower", rel=0.50),  # resident memory moves with thread count and libraries
-    "train_seconds": _INFO_LOWER,
-    "params": _INFO,
-    "train_steps": _INFO,
-    "train_examples": _INFO,
-    "sampling_nfe": _INFO,
-}
-
-
-def rule_for(metric: str) -> Rule:
-    """The default rule of a metric. Model-specific likelihoods named like ``test_iwae``,
-    ``iwae_k50``, ``*_bpd`` or ``*_nll`` are judged like ``test_nll``; any other unknown metric is
-    shown but not gated (its better direction is unknown: an ELBO may be stored either way round)."""
-    if metric in DEFAULT_RULES:
-        return DEFAULT_RULES[metric]
-    if re.search(r"(^|_)(iwae|nll|bpd)(_|$|\d)", metric):
-        return _LIKELIHOOD
-    return _INFO
+# Rules (direction, tolerance, gated) are declared with each metric in ``bench.metrics``.
+DEFAULT_RULES: dict[str, Rule] = {name: metric.rule for name, metric in metric_registry.REGISTRY.items()}
+rule_for = metric_registry.rule_for
 
 
 # --- reading a run ---------------------------------------------------------------------------

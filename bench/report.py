@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench import metrics as metric_registry
 from bench import plots, results, scaling
 
 DATA_MODEL = plots.DATA_MODEL
@@ -96,8 +97,7 @@ def load_run(run_dir: Path) -> Run:
 
 
 # --- cells -----------------------------------------------------------------------------------------
-DECIMALS = {"test_bpd": 3, "test_bpd_iwae": 3, "test_nll": 2, "test_nll_iwae": 2, "fid": 2, "is": 2, "kid": 4,
-            "precision": 3, "recall": 3, "class_accuracy": 3, "sampling_nfe": 0, "peak_memory": 0, "params": 0}
+DECIMALS = {name: m.decimals for name, m in metric_registry.REGISTRY.items() if m.decimals is not None}
 
 
 def _decimals(metric: str, mean: float) -> int:
