@@ -249,7 +249,7 @@ NO_LABELS_NOTE = "sample quality skipped: dataset {} has no class labels, so no 
 def prepare_run(config: dict, data, device, out, progress: bool = True) -> list[dict]:
     """Parent process, before the jobs: train or load the classifier, record it in ``config``, and score
     real training images (the ``data`` rows, one per track of the run's models)."""
-    from bench.runner import Job, JobOutcome
+    from bench.jobs import Job, JobOutcome
 
     if not has_labels(data):
         config["fidelity_skipped"] = NO_LABELS_NOTE.format(data.name)
@@ -286,11 +286,9 @@ def prepare_run(config: dict, data, device, out, progress: bool = True) -> list[
 
 def _save(outcome, out: Path, track: str):
     """jobs/data__<dataset>__<track>.json, next to the models' outcomes (``bench report`` reads them)."""
-    import json
+    from bench.jobs import save_outcome
 
-    path = out / "jobs" / f"data__{outcome.job['dataset']}__{track}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(outcome), indent=1, default=float))
+    save_outcome(outcome, out / "jobs" / f"data__{outcome.job['dataset']}__{track}.json")
 
 
 def model_rows(model, data, device, job, outcome) -> list[dict]:

@@ -6,14 +6,13 @@ as it ends, and the run's tables are rewritten after every job, so nothing compu
 """
 from __future__ import annotations
 
-import json
 import multiprocessing
 import random
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,41 +21,10 @@ import torch
 from bench import measure
 from bench.budgets import parse_budget
 from bench.data import load_dataset
+from bench.jobs import Job, JobOutcome, save_outcome
 from bench.trainer import Diverged, TrainResult, train
 
 SAMPLE_GRID = 64
-
-
-@dataclass
-class Job:
-    model: str
-    dataset: str
-    seed: int
-    budget: str
-    device: str
-    out: str
-    data_root: str | None = None
-    progress: bool = True
-    throughput_cap_s: float = 20.0
-    fidelity_samples: int | None = None  # None: the size of the test split
-    eval_size: int | None = None  # test images scored for likelihood; None: the whole test split
-    model_args: dict = field(default_factory=dict)  # constructor overrides (--model-args)
-
-    @property
-    def key(self) -> str:
-        return f"{self.model}__{self.dataset}__seed{self.seed}"
-
-
-@dataclass
-class JobOutcome:
-    job: dict
-    status: str = "ok"  # ok | diverged | failed
-    reason: str = ""
-    rows: list[dict] = field(default_factory=list)
-    curve: list[dict] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    info: dict = field(default_factory=dict)  # model attributes, sample files, timings
-    wall_seconds: float = 0.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -154,11 +122,7 @@ def _sample_quality(model, data, device, job: Job, outcome: JobOutcome) -> list[
 
 
 def _save_outcome(outcome: JobOutcome, out: Path):
-    path = out / "jobs" / f"{Job(**outcome.job).key}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(outcome), indent=1, default=float))
-    tmp.replace(path)
+    save_outcome(outcome, Path(out) / "jobs" / f"{Job(**outcome.job).key}.json")
 
 
 def run_isolated(job: Job) -> JobOutcome:

@@ -1,0 +1,52 @@
+"""What a job is and what it leaves: the unit of work the runner hands to a worker, and its outcome.
+
+Kept apart from the runner so that the measurements that build outcomes of their own (the ``data``
+rows of real images) and the tables that read them depend on this small module, not on the runner.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Job:
+    model: str
+    dataset: str
+    seed: int
+    budget: str
+    device: str
+    out: str
+    data_root: str | None = None
+    progress: bool = True
+    throughput_cap_s: float = 20.0
+    fidelity_samples: int | None = None  # None: the size of the test split
+    eval_size: int | None = None  # test images scored for likelihood; None: the whole test split
+    model_args: dict = field(default_factory=dict)  # constructor overrides (--model-args)
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}__{self.dataset}__seed{self.seed}"
+
+
+@dataclass
+class JobOutcome:
+    job: dict
+    status: str = "ok"  # ok | diverged | failed
+    reason: str = ""
+    rows: list[dict] = field(default_factory=list)
+    curve: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    info: dict = field(default_factory=dict)  # model attributes, sample files, timings
+    wall_seconds: float = 0.0
+
+
+def save_outcome(outcome: JobOutcome, path: Path) -> None:
+    """Write ``outcome`` to ``path`` atomically (a temporary file, then a rename): a reader never sees
+    half a file, and a crash mid-write leaves the previous outcome intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(outcome), indent=1, default=float))
+    tmp.replace(path)
