@@ -87,6 +87,9 @@ class GenerativeModel(nn.Module):
         Cheap: a batch, seconds on a CPU. Default: none."""
         return []
 
+    # True for adaptive solvers (their NFE grows with training): the scaling study times such models trained.
+    sampling_cost_depends_on_weights: bool = False
+
 
 def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniform dequantization of 8-bit pixels: y = (x + u) / 256 with u ~ U[0, 1).
