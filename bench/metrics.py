@@ -111,3 +111,9 @@ declare("train_examples", "examples", INFO, "training examples seen")
 declare("peak_memory", "MiB", Rule("lower", rel=0.50),
         "GPU: max allocated; CPU: peak resident memory of the worker process", 0)
 declare("params", "count", INFO, "trainable parameters", 0)
+# --- ODE flows (FFJORD): solver cost and the trace estimator's Monte Carlo error, shown, never gated -----
+declare("nll_nfe", "evaluations", INFO, "measured mean function evaluations per likelihood solve", 0)
+declare("train_nfe", "evaluations", INFO, "measured mean function evaluations per training forward solve", 1)
+declare("solver_rtol", "", INFO, "the adaptive solver's relative tolerance for nll and sampling")
+declare("nll_probe_se", "nats", INFO, "standard error of test_nll from the Hutchinson trace probes alone")
+declare("bpd_probe_se", "bits/dim", INFO, "nll_probe_se in bits/dim")

@@ -10,7 +10,10 @@ along by the instantaneous change of variables (Chen et al. 2018),
 so any f is allowed (no coupling masks, no triangular Jacobian). The trace costs D vector-Jacobian
 products exactly; Hutchinson's estimator tr(J) = E[e^T J e] (e Rademacher, E[e e^T] = I) costs one.
 Since log p is linear in the trace integral, a Hutchinson estimate of log p is *unbiased* (of -log p
-too; not of p). Sampling draws z(1) ~ N(0, I) and integrates back from t = 1 to t = 0, without the trace.
+too; not of p), up to solver error: the adaptive steps also see the trace state, so they depend slightly
+on e. ``nll`` averages ``eval_probes`` estimates and ``extra_metrics`` states their standard error
+(``nll_probe_se``); where D <= ``exact_trace_max_dim`` it uses the exact trace. Sampling draws
+z(1) ~ N(0, I) and integrates back from t = 1 to t = 0, without the trace.
 
 Both directions use torchdiffeq's adaptive dopri5; gradients backpropagate through the solver's steps
 (no adjoint). Dequantization and the logit transform are RealNVP's, so ``nll`` is the bound on the
@@ -25,7 +28,7 @@ not a hang, once the field becomes too stiff).
 
 Settings (constructor arguments, kept as attributes): training solves at ``train_rtol``/``train_atol``
 (1e-3, looser, to bound the CPU cost) with one probe per image; ``nll`` and ``sample`` at ``rtol``/
-``atol`` (1e-4) with ``eval_probes`` probes per image (the exact trace where D <= ``exact_trace_max_dim``).
+``atol`` (1e-4) with ``eval_probes`` probes per image.
 """
 from __future__ import annotations
 
