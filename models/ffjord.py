@@ -93,35 +93,37 @@ def rademacher_like(z: torch.Tensor) -> torch.Tensor:
     return torch.randint(0, 2, z.shape, device=z.device).to(z.dtype) * 2 - 1
 
 
+def _mean(values) -> float:
+    return sum(values) / len(values)
+
+
 class SolverStepLimit(RuntimeError):
     """An adaptive solve needed more than ``max_num_steps`` steps."""
 
 
-class CountedField(nn.Module):
-    """dz/dt = f(z, t) alone (sampling), counting its calls."""
+class CountedField:
+    """dz/dt = f(z, t) alone (sampling), counting its calls. Holds the model's field, not a copy."""
 
-    def __init__(self, field: VectorField):
-        super().__init__()
+    def __init__(self, field: nn.Module):
         self.field = field
         self.calls = 0
 
-    def forward(self, t, z):
+    def __call__(self, t, z):
         self.calls += 1
         return self.field(t, z)
 
 
-class DensityDynamics(nn.Module):
+class DensityDynamics:
     """The augmented ODE d(z, delta)/dt = (f, -tr(df/dz)), counting its calls.
 
     ``probe`` is the Hutchinson noise for the current solve, set once before it (None: exact trace)."""
 
-    def __init__(self, field: VectorField):
-        super().__init__()
+    def __init__(self, field: nn.Module):
         self.field = field
         self.calls = 0
         self.probe: torch.Tensor | None = None
 
-    def forward(self, t, state):
+    def __call__(self, t, state):
         z, _ = state
         self.calls += 1
         create_graph = torch.is_grad_enabled()  # training: the trace itself must be differentiable
@@ -164,19 +166,15 @@ class FFJORD(GenerativeModel):
         self.logit_alpha = logit_alpha
         self.lr = lr
         self.batch_size = batch_size
-        field = VectorField(self.image_shape[0], hidden, layers)
-        self.dynamics = DensityDynamics(field)
-        self.sampler_dynamics = CountedField(field)
+        self.field = VectorField(self.image_shape[0], hidden, layers)
+        self.dynamics = DensityDynamics(self.field)
+        self.sampler_dynamics = CountedField(self.field)
         # NFE of every solve so far, by purpose; and the probe variance of the NLLs scored since the last report.
         self.nfe_log: dict[str, list[int]] = {"train": [], "nll": [], "sample": [], "check": []}
         self._probe_variance: list[torch.Tensor] = []
 
-    @property
-    def field(self) -> VectorField:
-        return self.dynamics.field
-
     def configure_optimizers(self):
-        return [torch.optim.Adam(self.field.parameters(), lr=self.lr)]
+        return [torch.optim.Adam(self.parameters(), lr=self.lr)]
 
     @property
     def exact_trace(self) -> bool:
@@ -268,8 +266,7 @@ class FFJORD(GenerativeModel):
         """Measured mean NFE of the sampling solves so far (one small solve first if there was none)."""
         if not self.nfe_log["sample"]:
             self.sample(2, generator=torch.Generator().manual_seed(0))  # a private generator: no RNG drawn
-        runs = self.nfe_log["sample"]
-        return sum(runs) / len(runs)
+        return _mean(self.nfe_log["sample"])
 
     # --- reporting -----------------------------------------------------------------------------
     def extra_metrics(self, x_test: torch.Tensor) -> list[dict]:
@@ -279,15 +276,15 @@ class FFJORD(GenerativeModel):
             with torch.no_grad():
                 self.nll(x_test)
         setting = f"dopri5 rtol={self.rtol:g} atol={self.atol:g}"
-        mean = lambda v: sum(v) / len(v)  # noqa: E731
-        rows = [{"metric": "nll_nfe", "value": mean(self.nfe_log["nll"]), "unit": "evaluations",
+        training = f"dopri5 rtol={self.train_rtol:g} atol={self.train_atol:g}"
+        rows = [{"metric": "nll_nfe", "value": _mean(self.nfe_log["nll"]), "unit": "evaluations",
                  "kind": "measured", "note": f"mean per likelihood solve, {setting}"},
                 {"metric": "solver_rtol", "value": self.rtol, "unit": "", "kind": "exact",
-                 "note": f"{setting} for nll and sampling; training at rtol={self.train_rtol:g} atol={self.train_atol:g}"}]
+                 "note": f"{setting} for nll and sampling; training at {training}"}]
         if self.nfe_log["train"]:
-            rows.append({"metric": "train_nfe", "value": mean(self.nfe_log["train"]), "unit": "evaluations",
-                         "kind": "measured", "note": "mean per training step (forward solve; backprop through it "
-                                                     f"not counted), rtol={self.train_rtol:g}"})
+            rows.append({"metric": "train_nfe", "value": _mean(self.nfe_log["train"]), "unit": "evaluations",
+                         "kind": "measured",
+                         "note": f"mean per training step (the forward solve; backprop not counted), {training}"})
         if self._probe_variance:
             variance = torch.cat(self._probe_variance)
             se = variance.sum().sqrt().item() / len(variance)
