@@ -28,7 +28,9 @@ not a hang, once the field becomes too stiff).
 
 Settings (constructor arguments, kept as attributes): training solves at ``train_rtol``/``train_atol``
 (1e-3, looser, to bound the CPU cost) with one probe per image; ``nll`` and ``sample`` at ``rtol``/
-``atol`` (1e-4) with ``eval_probes`` probes per image.
+``atol`` (1e-4) with ``eval_probes`` probes per image. A tiny field (3 convolutions, 16 channels) and a
+batch of 16 at lr 5e-3 keep a smoke job (20 steps) within a minute on a 2-core CPU; per example seen, a
+batch of 32 learnt no faster and cost twice the time per step.
 """
 from __future__ import annotations
 
@@ -154,7 +156,7 @@ class FFJORD(GenerativeModel):
     def __init__(self, image_shape=(1, 28, 28), hidden: int = 16, layers: int = 3,
                  rtol: float = 1e-4, atol: float = 1e-4, train_rtol: float = 1e-3, train_atol: float = 1e-3,
                  eval_probes: int = 2, exact_trace_max_dim: int = 16, max_num_steps: int = 100,
-                 logit_alpha: float | None = 0.05, lr: float = 1e-3, batch_size: int = 32):
+                 logit_alpha: float | None = 0.05, lr: float = 5e-3, batch_size: int = 16):
         super().__init__(image_shape)
         if eval_probes < 1:
             raise ValueError(f"eval_probes must be at least 1, got {eval_probes}")
