@@ -273,8 +273,10 @@ class FFJORD(GenerativeModel):
     # --- reporting -----------------------------------------------------------------------------
     def extra_metrics(self, x_test: torch.Tensor) -> list[dict]:
         """Solver cost (NFE) and the Monte Carlo error of the test NLL, from the ``nll`` calls that scored
-        x_test (the harness scores it just before; scored here if it was not)."""
-        if not self.nfe_log["nll"]:
+        x_test (the harness scores it just before; scored here if it was not). The standard error covers
+        the images scored since the last call, and only the probe noise (not the dequantization noise)."""
+        probe_rows_due = self.eval_probes > 1 and not self.exact_trace
+        if not self.nfe_log["nll"] or (probe_rows_due and not self._probe_variance):
             with torch.no_grad():
                 self.nll(x_test)
         setting = f"dopri5 rtol={self.rtol:g} atol={self.atol:g}"
