@@ -90,6 +90,7 @@ DEFAULT_RULES: dict[str, Rule] = {
     "train_steps": _INFO,
     "train_examples": _INFO,
     "sampling_nfe": _INFO,
+    "train_flops": _INFO,
 }
 
 

@@ -87,6 +87,11 @@ class GenerativeModel(nn.Module):
         Cheap: a batch, seconds on a CPU. Default: none."""
         return []
 
+    def sampling_flops(self, n: int) -> float | None:
+        """FLOPs of ``sample(n)`` counted by hand, for samplers whose work torch's FLOP counter does not
+        see (custom kernels, outer-product updates). None: let the harness count it."""
+        return None
+
 
 def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniform dequantization of 8-bit pixels: y = (x + u) / 256 with u ~ U[0, 1).
