@@ -264,7 +264,10 @@ def scaling_roofline(timings: pd.DataFrame, path: Path) -> Path | None:
         if not d.empty:
             left.plot(d["dim"], d["roofline_fraction"] * 100, styles.get(batch, "o-"), color=colours[model],
                       label=f"{model}, batch {batch}")
+    dims = sorted(timings["dim"].unique())
     left.set_xscale("log")
+    left.set_xticks(dims, [f"D={int(d)}" for d in dims])
+    left.xaxis.set_minor_locator(ticker.NullLocator())
     _log_axis(left, "y")
     left.set(xlabel="D (number of pixels, log scale)", ylabel="% of measured fp32 GEMM rate (log scale)",
              title="Roofline fraction: counted FLOPs/s over GEMM FLOP/s")
