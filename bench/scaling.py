@@ -68,7 +68,7 @@ FAMILY_COST_NOTES = {
             "not depend on the weights. A continuous flow with an adaptive ODE solver (FFJORD) is different: "
             "the solver's step count, hence its NFE, FLOPs and time, depends on the trained weights (a smooth "
             f"untrained field needs few steps), so the study trains such a model {TRAIN_STEPS} steps on mnist5k "
-            "resized to each size before timing it (marked "trained N steps"), and its figures hold for that "
+            "resized to each size before timing it (marked 'trained N steps'), and its figures hold for that "
             "briefly trained model only.",
     "ebm": "a fixed number of Langevin steps (sampling_nfe), each a forward and a backward pass of the "
            "energy; no adaptive step size or stopping rule, so the cost does not depend on the weights.",
@@ -94,6 +94,8 @@ def fit_power_law(dims, seconds) -> tuple[float, float, float]:
 
 def asked_batch(timings: pd.DataFrame) -> pd.Series:
     """The batch each row was asked for (a slow sampler is timed at a smaller one; older studies lack it)."""
+    if "batch" not in timings.columns:  # timings from elsewhere that never said their batch
+        return pd.Series(np.nan, index=timings.index)
     if "batch_asked" in timings.columns:
         return timings["batch_asked"].fillna(timings["batch"]).astype(int)
     return timings["batch"].astype(int)
@@ -103,9 +105,10 @@ def fit_table(timings: pd.DataFrame) -> pd.DataFrame:
     """One fit per (model, asked batch)."""
     rows = []
     d = timings.assign(batch_asked=asked_batch(timings)) if not timings.empty else timings
-    for (model, batch), g in (d.groupby(["model", "batch_asked"], sort=False) if not d.empty else []):
+    for (model, batch), g in (d.groupby(["model", "batch_asked"], sort=False, dropna=False) if not d.empty else []):
         slope, intercept, r2 = fit_power_law(g["dim"], g["seconds_per_sample"])
-        rows.append({"model": model, "batch": int(batch), "slope": slope, "intercept": intercept, "r2": r2})
+        rows.append({"model": model, "batch": batch if pd.isna(batch) else int(batch), "slope": slope,
+                     "intercept": intercept, "r2": r2})
     return pd.DataFrame(rows, columns=FIT_COLUMNS)
 
 
@@ -179,7 +182,7 @@ def _enough(times: list[float]) -> bool:
     return spent >= MAX_SECONDS or (len(times) >= MIN_REPEATS and spent >= MIN_SECONDS)
 
 
-def build_for_study(name: str, size: int, device: torch.device, train_steps: int = TRAIN_STEPS):
+def build_for_study(name: str, size: int, device: torch.device, train_steps: int | None = None):
     """(model for 1 x size x size images in eval mode, training steps it had). Untrained, unless its
     sampling cost depends on its weights: then ``train_steps`` steps on mnist5k resized to the size."""
     import models
@@ -189,7 +192,7 @@ def build_for_study(name: str, size: int, device: torch.device, train_steps: int
         model = models.build(name, image_shape=(1, size, size)).to(device)
     except Exception as exc:  # a model that cannot take this size is a finding, not a crash
         raise Skipped(f"cannot build at {size}x{size}: {type(exc).__name__}: {exc}") from exc
-    trained = 0
+    trained, train_steps = 0, TRAIN_STEPS if train_steps is None else train_steps
     if getattr(model, "sampling_cost_depends_on_weights", False) and train_steps > 0:
         try:
             trained = _train_briefly(model, size, device, train_steps)
