@@ -19,17 +19,44 @@ import copy
 import math
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 LABEL = "matmul/conv FLOPs"  # what the counter counts; elementwise ops are not in it
 _CACHE: dict[tuple, float] = {}
 
 
 def count(fn) -> float:
-    """matmul/conv FLOPs that ``fn()`` executes (forward, and backward if it calls it)."""
-    with FlopCounterMode(display=False) as counter:
+    """matmul/conv FLOPs that ``fn()`` executes (forward, and backward if it calls it).
+
+    FlopCounterMode tracks modules with backward hooks, which ``torch.autograd.grad`` on a leaf tensor
+    refuses (an EBM's Langevin sampler); there the same formulas are applied without module tracking."""
+    try:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return float(counter.get_total_flops())
+    except RuntimeError as exc:
+        if "_will_engine_execute_node" not in str(exc):
+            raise
+    with _UntrackedFlopCounter() as plain:
         fn()
-    return float(counter.get_total_flops())
+    return float(plain.total)
+
+
+class _UntrackedFlopCounter(TorchDispatchMode):
+    """FlopCounterMode's per-op formulas (``flop_registry``), summed, with no module tracker."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
 
 
 def _key(model, what: str, batch: int) -> tuple:

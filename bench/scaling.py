@@ -52,12 +52,13 @@ MAX_SECONDS = 3.0    # ... but stop once one (model, size) has had this much: a 
 MAX_REPEATS = 7
 PROBE_BATCH = 8      # the warm-up call's batch; its time sizes the measured batch: a slow sampler is
                      # timed at a halving of the asked batch, down to this one,
-MAX_CALL_S = 8.0     # that keeps one call under this many seconds
+MAX_CALL_S = 4.0     # that keeps one call under this many seconds (at batch 1,024 this halves a slow
+                     # sampler's batch: the study of both batches stays within a minute or two on a CPU)
 SKIP_PROJECTED_S = 30.0  # a (model, size) projected past this per call is not run at all
 TRAIN_STEPS = 50     # brief training before timing a model whose sampling cost depends on its weights
 FLOP_COUNT_SAMPLES = 2  # samples drawn under the FLOP counter (per-sample FLOPs do not depend on the batch)
 GEMM_SIDE = 1024     # the roofline's reference: float32 torch.mm of two GEMM_SIDE x GEMM_SIDE matrices
-GEMM_REPEATS = 5
+GEMM_REPEATS = 7     # the fastest is the ceiling: on a shared machine the median moves with the load
 
 FAMILY_COST_NOTES = {
     "autoregressive": "D sequential conditionals, one pixel after another; the loop length is D whatever "
@@ -126,8 +127,9 @@ class Skipped(Exception):
 
 
 def gemm_rate(device: torch.device, side: int = GEMM_SIDE, repeats: int = GEMM_REPEATS) -> dict:
-    """This machine's float32 matrix-product rate on ``device`` at the current thread count: the
-    median of ``repeats`` timed ``side x side`` torch.mm calls after a warm-up, 2 side^3 FLOPs each."""
+    """This machine's float32 matrix-product rate on ``device`` at the current thread count: the fastest
+    of ``repeats`` timed ``side x side`` torch.mm calls after a warm-up, 2 side^3 FLOPs each (the median
+    rate is kept alongside)."""
     a = torch.randn(side, side, device=device)
     b = torch.randn(side, side, device=device)
     torch.mm(a, b)
@@ -138,9 +140,9 @@ def gemm_rate(device: torch.device, side: int = GEMM_SIDE, repeats: int = GEMM_R
         torch.mm(a, b)
         measure.synchronize(device)
         times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
-    return {"gemm_flops_per_second": 2.0 * side ** 3 / seconds, "side": side, "dtype": "float32",
-            "repeats": repeats, "median_seconds": seconds, "device": str(device),
+    work = 2.0 * side ** 3
+    return {"gemm_flops_per_second": work / min(times), "median_gemm_flops_per_second": work / statistics.median(times),
+            "side": side, "dtype": "float32", "repeats": repeats, "device": str(device),
             "torch_threads": torch.get_num_threads()}
 
 
@@ -426,9 +428,13 @@ def describe_roofline(meta: dict) -> str:
     gemm = meta.get("gemm") or {}
     rate = gemm.get("gemm_flops_per_second")
     rate_text = f"{rate / 1e9:.1f} GFLOP/s" if rate else "?"
-    return (f"Roofline: this machine's float32 GEMM rate, measured in the same run, is {rate_text} (median "
+    median = gemm.get("median_gemm_flops_per_second")
+    median_text = f"; median {median / 1e9:.1f} GFLOP/s" if median else ""
+    return (f"Roofline: this machine's float32 GEMM rate, measured in the same run, is {rate_text} (fastest "
             f"of {gemm.get('repeats', '?')} torch.mm of {gemm.get('side', '?')}x{gemm.get('side', '?')} "
-            f"matrices, {gemm.get('torch_threads', '?')} torch threads). Fraction of roofline = matmul/conv "
+            f"matrices, {gemm.get('torch_threads', '?')} torch threads{median_text}). On a shared machine the "
+            "rate moves with the load between this measurement and a model's timing, so a fraction can "
+            "exceed 100%. Fraction of roofline = matmul/conv "
             "FLOPs per sample x samples/s / GEMM rate. FLOPs are counted by torch's FlopCounterMode "
             "(matrix products and convolutions only: elementwise ops, activations and noise are not "
             "counted) or, where a model says so, by its own sampling_flops (FVSBN: D(D-1) per sample). "

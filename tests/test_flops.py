@@ -34,6 +34,16 @@ def test_convolution_flops_match_the_hand_formula_forward_and_backward():
     assert flops.count(lambda: conv(x_grad).sum().backward()) == 3 * forward
 
 
+def test_gradient_of_a_leaf_is_counted_like_a_backward_pass():
+    # An EBM's Langevin step: torch.autograd.grad of the energy with respect to a leaf input, which
+    # FlopCounterMode's module tracker refuses; the count falls back to the same per-op formulas.
+    batch, n_in, n_out = 4, 6, 3
+    energy = nn.Linear(n_in, n_out)
+    x = torch.randn(batch, n_in, requires_grad=True)
+    counted = flops.count(lambda: torch.autograd.grad(energy(x).sum(), x))
+    assert counted == 2 * (2 * n_in * n_out * batch)  # forward, and the input gradient only
+
+
 class LinearScorer(GenerativeModel):
     """A toy model whose training step is one Linear(D, HIDDEN) forward and backward: 4*D*HIDDEN*batch FLOPs."""
 
