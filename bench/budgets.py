@@ -2,7 +2,9 @@
 
 Presets (DESIGN.md): ``smoke`` is a few steps per model, seconds for the whole suite (tests, CI) and
 reproducible with a fixed seed because it counts steps; ``default`` is about a minute of training per
-model on a 2-core CPU, what ``run --all`` uses; ``full`` is published-scale training, meant for a GPU.
+model on a 2-core CPU, what ``run --all`` uses; ``flops`` buys every model the same training work,
+3e12 matmul/conv FLOPs (bench.flops), which on the 2-core CPU is 30 s to 100 s depending on the model, and
+the same steps on any machine; ``full`` is published-scale training, meant for a GPU.
 """
 from __future__ import annotations
 
@@ -17,11 +19,11 @@ _UNITS = {"steps": "steps", "step": "steps", "s": "seconds", "sec": "seconds", "
 # A FLOP budget counts matmul/conv FLOPs of training steps (bench.flops), so it buys the same work on
 # any machine: deterministic like a step budget, but equal across model families.
 _FLOP_SCALE = {"flops": 1.0, "gflops": 1e9, "tflops": 1e12, "pflops": 1e15}
-PRESETS = {"smoke": "20steps", "default": "60s", "full": "100epochs"}
+PRESETS = {"smoke": "20steps", "default": "60s", "flops": "3e12flops", "full": "100epochs"}
 # The smoke preset also evaluates on a subset (test images for likelihoods, samples for FID), so the
 # whole suite runs in CI minutes; every other budget uses the whole test split unless --eval-size says.
 PRESET_EVAL_SIZE = {"smoke": 200}
-FORMS = "a preset (smoke, default, full) or an amount such as 500steps, 90s, 5min, 3epochs, 2e12flops, 1.5tflops"
+FORMS = "a preset (smoke, default, flops, full) or an amount such as 500steps, 90s, 5min, 3epochs, 2e12flops, 1.5tflops"
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,14 @@ def count(fn) -> float:
     return float(plain.total)
 
 
+def count_returning(fn):
+    """(``fn()``, its matmul/conv FLOPs), for counting a live training step: no module tracker, so the
+    step runs exactly once whatever it calls (torch.autograd.grad included)."""
+    with _UntrackedFlopCounter() as counter:
+        value = fn()
+    return value, float(counter.total)
+
+
 class _UntrackedFlopCounter(TorchDispatchMode):
     """FlopCounterMode's per-op formulas (``flop_registry``), summed, with no module tracker."""
 
@@ -79,6 +87,7 @@ def train_step_flops(model, batch, cache: bool = True) -> float:
     Runs on a deep copy with fresh optimizers, RNG state restored: the model, its optimizer state and
     the random stream of the training that follows are untouched."""
     key = _key(model, "train", len(batch[0]))
+    cache = cache and not getattr(model, "sampling_cost_depends_on_weights", False)
     if cache and key in _CACHE:
         return _CACHE[key]
     device = _device(model)
@@ -88,7 +97,8 @@ def train_step_flops(model, batch, cache: bool = True) -> float:
         optimizers = twin.configure_optimizers()
         flops = count(lambda: twin.train_step(batch, optimizers))
         del twin, optimizers
-    _CACHE[key] = flops
+    if cache:
+        _CACHE[key] = flops
     return flops
 
 

@@ -19,6 +19,9 @@ from bench.data import to_track
 from bench.measure import synchronize
 
 
+RECOUNT_EVERY = 20  # steps between FLOP counts of a model whose step cost depends on its weights
+
+
 class Diverged(Exception):
     def __init__(self, step: int, reason: str):
         super().__init__(f"diverged at step {step}: {reason}")
@@ -74,6 +77,8 @@ def train(model, images: torch.Tensor, labels: torch.Tensor, budget: Budget, dev
     result.flops_per_step = step_flops(model, images, labels, batches.batch_size, device, seed,
                                        required=budget.kind == "flops")
     log_every = _log_interval(budget, steps_per_epoch, curve_points, result.flops_per_step)
+    # An adaptive solver's steps (hence a training step's FLOPs) change with the weights: recount.
+    recount = getattr(model, "sampling_cost_depends_on_weights", False) and result.flops_per_step > 0
     bar = tqdm(total=budget.amount, desc=f"train {model.name}", unit=budget.kind,
                disable=not progress, leave=False, dynamic_ncols=True)
     start = time.perf_counter()
@@ -81,14 +86,18 @@ def train(model, images: torch.Tensor, labels: torch.Tensor, budget: Budget, dev
         while not budget.exhausted(result.steps, result.seconds, result.steps / steps_per_epoch, result.flops):
             batch = next(batches)
             try:
-                stats = model.train_step(batch, optimizers)
+                if recount and result.steps % RECOUNT_EVERY == 0:  # count this live step, use it until the next
+                    stats, result.flops_per_step = flop_count.count_returning(
+                        lambda: model.train_step(batch, optimizers))
+                else:
+                    stats = model.train_step(batch, optimizers)
             except FloatingPointError as exc:
                 raise Diverged(result.steps + 1, str(exc)) from None
             synchronize(device)
             result.steps += 1
             result.examples += len(batch[0])
             # Every batch has the counted size (ShuffledBatches never yields a short one), so this is
-            # the count of what was run.
+            # the count of what was run (recounted every RECOUNT_EVERY steps for weight-dependent models).
             result.flops += result.flops_per_step
             result.seconds = time.perf_counter() - start
             loss = float(stats["loss"])

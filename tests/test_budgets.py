@@ -76,3 +76,34 @@ def test_a_flop_budget_on_a_model_the_counter_cannot_see_fails_with_a_reason(mon
     monkeypatch.setattr(trainer.flop_count, "train_step_flops", lambda *a, **k: 0.0)
     with pytest.raises(RuntimeError, match="use a step or time budget"):
         _train("1e6flops")
+
+
+class GrowingSolver(LinearScorer):
+    """Stands in for an adaptive-solver model: each 20 steps of training add one more pass of its layer,
+    so a step's FLOPs grow with training (k passes: k * STEP_FLOPS)."""
+
+    sampling_cost_depends_on_weights = True
+
+    def __init__(self, image_shape=(1, 4, 4)):
+        super().__init__(image_shape)
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+
+    def nll(self, x):
+        passes = 1 + int(self.steps_done) // 20
+        inputs = x.flatten(1) / 255
+        return sum((self.layer(inputs) ** 2).sum(1) for _ in range(passes))
+
+    def train_step(self, batch, optimizers):
+        stats = super().train_step(batch, optimizers)
+        self.steps_done += 1
+        return stats
+
+
+def test_a_weight_dependent_model_is_recounted_as_it_trains():
+    assert trainer.RECOUNT_EVERY == 20
+    model = GrowingSolver()
+    result = trainer.train(model, IMAGES, LABELS, parse_budget("45steps"), torch.device("cpu"), seed=0,
+                           batch_size=BATCH, progress=False)
+    # Steps 1-20 at one pass, 21-40 at two, 41-45 at three: what was run, not 45 x the first count.
+    assert result.flops == (20 * 1 + 20 * 2 + 5 * 3) * STEP_FLOPS
+    assert result.flops_per_step == 3 * STEP_FLOPS
