@@ -339,9 +339,7 @@ def scaling_table(timings: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
     fit = fits.assign(batch=fits["batch"] if "batch" in fits.columns else np.nan)
     rows = []
     for (model, asked), g in d.groupby(["model", "batch_asked"], sort=False):
-        used = sorted(set(int(b) for b in g["batch"]))
-        row = {"model": _model_label(model, g), "family": g["family"].iloc[0],
-               "batch": ", ".join(str(b) for b in used) + ("" if used == [asked] else f" (asked {asked})")}
+        row = {"model": _model_label(model, g), "family": g["family"].iloc[0], "batch": _batch_label(g, asked)}
         values = g.set_index("column")["seconds_per_sample"]
         row.update({c: _ms(values[c] * 1e3) if c in values.index else "-" for c in columns})
         f = fit[(fit["model"] == model) & ((fit["batch"] == asked) | fit["batch"].isna())]
@@ -349,6 +347,13 @@ def scaling_table(timings: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
         row["r²"] = _num(f["r2"].iloc[0] if not f.empty else None, 3)
         rows.append(row)
     return pd.DataFrame(rows, columns=["model", "family", "batch", *columns, "slope", "r²"])
+
+
+def _batch_label(g: pd.DataFrame, asked) -> str:
+    """The batch(es) used, and the asked one where a slow sampler got less: '256 (asked 1024)'."""
+    used = sorted(set(int(b) for b in g["batch"]))
+    text = ", ".join(str(b) for b in used)
+    return text if pd.isna(asked) or used == [int(asked)] else f"{text} (asked {int(asked)})"
 
 
 def roofline_table(timings: pd.DataFrame) -> pd.DataFrame:
@@ -361,7 +366,7 @@ def roofline_table(timings: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (model, asked), g in d.groupby(["model", "batch_asked"], sort=False):
         values = g.set_index("column")["roofline_fraction"]
-        row = {"model": _model_label(model, g), "batch": int(asked)}
+        row = {"model": _model_label(model, g), "batch": _batch_label(g, asked)}
         row.update({c: _percent(values[c]) if c in values.index else "-" for c in columns})
         rows.append(row)
     return pd.DataFrame(rows, columns=["model", "batch", *columns])
