@@ -2,7 +2,9 @@
 
 Presets (DESIGN.md): ``smoke`` is a few steps per model, seconds for the whole suite (tests, CI) and
 reproducible with a fixed seed because it counts steps; ``default`` is about a minute of training per
-model on a 2-core CPU, what ``run --all`` uses; ``full`` is published-scale training, meant for a GPU.
+model on a 2-core CPU, what ``run --all`` uses; ``flops`` buys every model the same training work,
+3e12 matmul/conv FLOPs (bench.flops), which on the 2-core CPU is 30 s to 100 s depending on the model, and
+the same steps on any machine; ``full`` is published-scale training, meant for a GPU.
 """
 from __future__ import annotations
 
@@ -12,22 +14,26 @@ from dataclasses import dataclass
 from bench.errors import UserError
 
 _UNITS = {"steps": "steps", "step": "steps", "s": "seconds", "sec": "seconds", "seconds": "seconds",
-          "m": "minutes", "min": "minutes", "epochs": "epochs", "epoch": "epochs"}
-PRESETS = {"smoke": "20steps", "default": "60s", "full": "100epochs"}
+          "m": "minutes", "min": "minutes", "epochs": "epochs", "epoch": "epochs",
+          "flop": "flops", "flops": "flops", "gflops": "gflops", "tflops": "tflops", "pflops": "pflops"}
+# A FLOP budget counts matmul/conv FLOPs of training steps (bench.flops), so it buys the same work on
+# any machine: deterministic like a step budget, but equal across model families.
+_FLOP_SCALE = {"flops": 1.0, "gflops": 1e9, "tflops": 1e12, "pflops": 1e15}
+PRESETS = {"smoke": "20steps", "default": "60s", "flops": "3e12flops", "full": "100epochs"}
 # The smoke preset also evaluates on a subset (test images for likelihoods, samples for FID), so the
 # whole suite runs in CI minutes; every other budget uses the whole test split unless --eval-size says.
 PRESET_EVAL_SIZE = {"smoke": 200}
-FORMS = "a preset (smoke, default, full) or an amount such as 500steps, 90s, 5min, 3epochs"
+FORMS = "a preset (smoke, default, flops, full) or an amount such as 500steps, 90s, 5min, 3epochs, 2e12flops, 1.5tflops"
 
 
 @dataclass(frozen=True)
 class Budget:
-    kind: str  # "steps" | "seconds" | "epochs"
+    kind: str  # "steps" | "seconds" | "epochs" | "flops" (matmul/conv FLOPs of training, bench.flops)
     amount: float
     label: str  # what the user asked for, e.g. "default" or "500steps"
 
-    def exhausted(self, steps: int, seconds: float, epochs: float) -> bool:
-        done = {"steps": steps, "seconds": seconds, "epochs": epochs}[self.kind]
+    def exhausted(self, steps: int, seconds: float, epochs: float, flops: float = 0.0) -> bool:
+        done = {"steps": steps, "seconds": seconds, "epochs": epochs, "flops": flops}[self.kind]
         return done >= self.amount
 
     def __str__(self) -> str:
@@ -41,12 +47,14 @@ def default_eval_size(budget_text: str) -> int | None:
 def parse_budget(text: str) -> Budget:
     label = text.strip()
     spec = PRESETS.get(label, label)
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]+)", spec.lower())
+    match = re.fullmatch(r"(\d+(?:\.\d+)?(?:e[+-]?\d+)?)\s*([a-z]+)", spec.lower())
     if not match or match.group(2) not in _UNITS:
         raise UserError(f"malformed budget {text!r}: use {FORMS}")
     amount, unit = float(match.group(1)), _UNITS[match.group(2)]
     if unit == "minutes":
         amount, unit = amount * 60, "seconds"
+    if unit in _FLOP_SCALE:
+        amount, unit = amount * _FLOP_SCALE[unit], "flops"
     if amount <= 0:
         raise UserError(f"budget {text!r} buys no training: use a positive amount ({FORMS})")
     if unit == "steps" and amount != int(amount):

@@ -77,9 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     scaling = sub.add_parser("scaling", help="sampling cost against image size (8x8, 14x14, 28x28)")
     scaling.add_argument("--models", type=_csv_list, default=None, help="default: every model")
     scaling.add_argument("--sizes", type=lambda t: [int(s) for s in _csv_list(t)], default=[8, 14, 28])
-    scaling.add_argument("--batch", type=int, default=1,
-                         help="samples per call (default 1: the latency of one sample, where a sampler's "
-                              "sequential depth shows; a large batch measures throughput on this device instead)")
+    scaling.add_argument("--batch", type=lambda t: [int(s) for s in _csv_list(t)], default=[1, 1024],
+                         help="samples per call, comma-separated (default 1,1024: the latency of one sample, "
+                              "where a sampler's sequential depth shows, and throughput, where its total work shows)")
     scaling.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     scaling.add_argument("--out", help="output folder (default: results/scaling-<timestamp>)")
     return parser

@@ -107,6 +107,8 @@ declare("train_throughput", "examples/s", SPEED, "training examples per second o
 declare("train_seconds", "s", INFO_LOWER, "training wall time (under a step budget: examples / throughput)")
 declare("train_steps", "steps", INFO, "optimisation steps the budget bought")
 declare("train_examples", "examples", INFO, "training examples seen")
+declare("train_flops", "FLOP", INFO, "matmul/conv FLOPs of training, forward and backward (torch FlopCounterMode; "
+        "elementwise ops not counted)")
 # resident memory moves with thread count and libraries
 declare("peak_memory", "MiB", Rule("lower", rel=0.50),
         "GPU: max allocated; CPU: peak resident memory of the worker process", 0)

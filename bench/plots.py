@@ -215,25 +215,77 @@ def quality_against_cost(costs: pd.DataFrame, path: Path) -> Path | None:
 
 # --- sampling cost against image size ----------------------------------------------------------
 def scaling(timings: pd.DataFrame, fits: pd.DataFrame, path: Path) -> Path | None:
-    """Milliseconds per sample against D (log-log): measured points, the fitted line, slope in the legend."""
+    """Milliseconds per sample against D (log-log), one panel per asked batch: measured points, the
+    fitted line, slope in the legend."""
+    from bench.scaling import asked_batch
+
     if timings.empty:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    colours = sns.color_palette("tab10", n_colors=max(1, timings["model"].nunique()))
-    for colour, (model, d) in zip(colours, timings.groupby("model", sort=False)):
-        fit = fits[fits["model"] == model] if not fits.empty else fits
-        _scaling_line(ax, d, fit.iloc[0] if not fit.empty else None, colour)
+    asked = asked_batch(timings)
+    batches = sorted(asked.unique())
+    fig, axes = plt.subplots(1, len(batches), figsize=(6.5 * len(batches), 5), squeeze=False)
+    models = list(dict.fromkeys(timings["model"]))
+    colours = dict(zip(models, sns.color_palette("tab10", n_colors=max(1, len(models)))))
     dims = sorted(timings["dim"].unique())
     sizes = timings.drop_duplicates("dim").set_index("dim")["size"]
-    ax.set_xscale("log")
-    ax.set_xticks(dims, [f"{int(sizes[d])}x{int(sizes[d])}\nD={int(d)}" for d in dims])
-    ax.xaxis.set_minor_locator(ticker.NullLocator())
-    ax.margins(x=0.08)
-    _log_axis(ax, "y")
-    batch = ", ".join(str(int(b)) for b in sorted(timings["batch"].unique()))
-    ax.set(xlabel="image size (D = number of pixels, log scale)", ylabel="milliseconds per sample (log scale)",
-           title=f"Sampling cost against image size (untrained models; batch {batch})")
-    ax.legend(title="model (fitted slope; dashed: fit)", bbox_to_anchor=(1.02, 1), loc="upper left")
+    for ax, batch in zip(axes[0], batches):
+        d_batch = timings[asked == batch]
+        for model, d in d_batch.groupby("model", sort=False):
+            fit = fits[(fits["model"] == model) & (fits["batch"] == batch)] if "batch" in fits.columns else \
+                fits[fits["model"] == model]
+            _scaling_line(ax, d, fit.iloc[0] if not fit.empty else None, colours[model])
+        ax.set_xscale("log")
+        ax.set_xticks(dims, [f"{int(sizes[d])}x{int(sizes[d])}\nD={int(d)}" for d in dims])
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
+        ax.margins(x=0.08)
+        _log_axis(ax, "y")
+        ax.set(xlabel="image size (D = number of pixels, log scale)", ylabel="milliseconds per sample (log scale)",
+               title=f"batch {batch}" + (" (latency)" if batch == 1 else " (throughput)"))
+        ax.legend(title="model (fitted slope; dashed: fit)", fontsize=8)
+    fig.suptitle("Sampling cost against image size")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def scaling_roofline(timings: pd.DataFrame, path: Path) -> Path | None:
+    """Left: fraction of this machine's GEMM rate against D, per model and batch. Right: total work
+    (FLOPs per sample) against sequential depth (NFE per sample), one point per (model, size)."""
+    if timings.empty or "roofline_fraction" not in timings.columns or not timings["roofline_fraction"].gt(0).any():
+        return None
+    from bench.scaling import asked_batch
+
+    asked = asked_batch(timings)
+    models = list(dict.fromkeys(timings["model"]))
+    colours = dict(zip(models, sns.color_palette("tab10", n_colors=max(1, len(models)))))
+    styles = dict(zip(sorted(asked.unique()), ["o-", "s--", "^:", "d-."]))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    for (model, batch), d in timings.assign(_b=asked).groupby(["model", "_b"], sort=False):
+        d = d[d["roofline_fraction"] > 0].sort_values("dim")
+        if not d.empty:
+            left.plot(d["dim"], d["roofline_fraction"] * 100, styles.get(batch, "o-"), color=colours[model],
+                      label=f"{model}, batch {batch}")
+    dims = sorted(timings["dim"].unique())
+    left.set_xscale("log")
+    left.set_xticks(dims, [f"D={int(d)}" for d in dims])
+    left.xaxis.set_minor_locator(ticker.NullLocator())
+    _log_axis(left, "y")
+    left.set(xlabel="D (number of pixels, log scale)", ylabel="% of measured fp32 GEMM rate (log scale)",
+             title="Roofline fraction: counted FLOPs/s over GEMM FLOP/s")
+    left.legend(fontsize=8)
+    work = timings.drop_duplicates(["model", "size"])
+    work = work[work["flops_per_sample"] > 0]
+    for model, d in work.groupby("model", sort=False):
+        d = d.sort_values("dim")
+        right.plot(d["sampling_nfe"], d["flops_per_sample"], "o-", color=colours[model], label=model)
+        for _, r in d.iterrows():
+            right.annotate(f"D={int(r['dim'])}", (r["sampling_nfe"], r["flops_per_sample"]),
+                           textcoords="offset points", xytext=(4, 3), fontsize=7)
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set(xlabel="sequential depth: network evaluations per sample (NFE, log)",
+              ylabel="total work: matmul/conv FLOPs per sample (log)", title="Depth against work")
+    right.legend(fontsize=8)
+    fig.tight_layout()
     return _save(fig, path)
 
 

@@ -446,11 +446,20 @@ def scaling_blocks(run: Run) -> list[Block]:
     if not timings.empty:
         blocks.append(table(scaling.scaling_table(timings, fits)))
         path = plots.scaling(timings, fits, run.folder / "plots" / "scaling.png")
-        blocks += [images([(f"plots/{path.name}", "Seconds per sample against D (log-log), fitted slope per model.")])]
+        blocks += [images([(f"plots/{path.name}", "Seconds per sample against D (log-log) at each batch, "
+                                                  "fitted slope per model.")])]
+        roof, work = scaling.roofline_table(timings), scaling.depth_work_table(timings)
+        if not roof.empty:
+            blocks += [h3("Roofline, depth and work"), para(scaling.describe_roofline(meta)), table(roof)]
+        if not work.empty:
+            blocks.append(table(work))
+        path = plots.scaling_roofline(timings, run.folder / "plots" / "scaling_roofline.png")
+        if path is not None:
+            blocks.append(images([(f"plots/{path.name}", "Left: fraction of the measured GEMM rate against D. "
+                                                         "Right: FLOPs per sample against NFE per sample.")]))
     if not skipped.empty:
-        blocks += [para("Skipped (not measured):"),
-                   bullets(f"{r.model} at {r.size}x{r.size}: {r.reason}" for r in skipped.itertuples())]
-    blocks += [para("Why untrained weights give the sampling cost of trained ones, by family:"),
+        blocks += [para("Skipped (not measured):"), bullets(scaling.skip_text(r) for r in skipped.itertuples())]
+    blocks += [para("Why the measured models' sampling cost is that of trained ones, by family:"),
                bullets(scaling.family_notes(timings["family"]))]
     return blocks
 

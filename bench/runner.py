@@ -87,6 +87,8 @@ def _training_rows(result: TrainResult) -> list[dict]:
         measure.row("train_examples", result.examples, "examples"),
         measure.row("train_seconds", result.seconds, "s"),
         measure.row("train_throughput", result.throughput, "examples/s"),
+        measure.row("train_flops", result.flops, "FLOP", "counted",
+                    note=f"steps x {result.flops_per_step:.4g} matmul/conv FLOPs per step (bench.flops)"),
     ]
 
 

@@ -13,9 +13,13 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from bench import flops as flop_count
 from bench.budgets import Budget
 from bench.data import to_track
 from bench.measure import synchronize
+
+
+RECOUNT_EVERY = 20  # steps between FLOP counts of a model whose step cost depends on its weights
 
 
 class Diverged(Exception):
@@ -30,6 +34,8 @@ class TrainResult:
     steps: int = 0
     examples: int = 0
     seconds: float = 0.0
+    flops: float = 0.0  # matmul/conv FLOPs of the steps run (bench.flops), forward and backward
+    flops_per_step: float = float("nan")  # at the training batch size; NaN when it could not be counted
     curve: list[dict] = field(default_factory=list)  # {"step", "seconds", "loss"}
 
     @property
@@ -67,21 +73,32 @@ def train(model, images: torch.Tensor, labels: torch.Tensor, budget: Budget, dev
     batches = ShuffledBatches(images, labels, batch_size, model.track, device, generator)
     optimizers = model.configure_optimizers()
     steps_per_epoch = max(1, len(images) // batches.batch_size)
-    log_every = _log_interval(budget, steps_per_epoch, curve_points)
     model.train()
+    result.flops_per_step = step_flops(model, images, labels, batches.batch_size, device, seed,
+                                       required=budget.kind == "flops")
+    log_every = _log_interval(budget, steps_per_epoch, curve_points, result.flops_per_step)
+    # An adaptive solver's steps (hence a training step's FLOPs) change with the weights: recount.
+    recount = getattr(model, "sampling_cost_depends_on_weights", False) and result.flops_per_step > 0
     bar = tqdm(total=budget.amount, desc=f"train {model.name}", unit=budget.kind,
                disable=not progress, leave=False, dynamic_ncols=True)
     start = time.perf_counter()
     try:
-        while not budget.exhausted(result.steps, result.seconds, result.steps / steps_per_epoch):
+        while not budget.exhausted(result.steps, result.seconds, result.steps / steps_per_epoch, result.flops):
             batch = next(batches)
             try:
-                stats = model.train_step(batch, optimizers)
+                if recount and result.steps % RECOUNT_EVERY == 0:  # count this live step, use it until the next
+                    stats, result.flops_per_step = flop_count.count_returning(
+                        lambda: model.train_step(batch, optimizers))
+                else:
+                    stats = model.train_step(batch, optimizers)
             except FloatingPointError as exc:
                 raise Diverged(result.steps + 1, str(exc)) from None
             synchronize(device)
             result.steps += 1
             result.examples += len(batch[0])
+            # Every batch has the counted size (ShuffledBatches never yields a short one), so this is
+            # the count of what was run (recounted every RECOUNT_EVERY steps for weight-dependent models).
+            result.flops += result.flops_per_step
             result.seconds = time.perf_counter() - start
             loss = float(stats["loss"])
             if not math.isfinite(loss):
@@ -89,7 +106,7 @@ def train(model, images: torch.Tensor, labels: torch.Tensor, budget: Budget, dev
             if result.steps == 1 or result.steps % log_every == 0:
                 result.curve.append({"step": result.steps, "seconds": result.seconds, "loss": loss})
                 bar.set_postfix(loss=f"{loss:.4g}")
-            bar.n = {"steps": result.steps, "seconds": round(result.seconds, 1),
+            bar.n = {"steps": result.steps, "seconds": round(result.seconds, 1), "flops": result.flops,
                      "epochs": round(result.steps / steps_per_epoch, 2)}[budget.kind]
             if result.steps % 20 == 0:
                 bar.refresh()
@@ -101,9 +118,31 @@ def train(model, images: torch.Tensor, labels: torch.Tensor, budget: Budget, dev
     return result
 
 
-def _log_interval(budget: Budget, steps_per_epoch: int, points: int) -> int:
+def step_flops(model, images, labels, batch_size: int, device: torch.device, seed: int,
+               required: bool = False) -> float:
+    """matmul/conv FLOPs of one training step at ``batch_size`` (bench.flops: a deep copy, RNG restored),
+    on a batch of its own so that the training batches' random stream is untouched. NaN if the counter
+    fails, unless ``required`` (a FLOP budget cannot be spent without it)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = to_track(images[:batch_size], model.track, generator=generator).to(device)
+    try:
+        per_step = flop_count.train_step_flops(model, (x, labels[:batch_size].to(device)))
+    except Exception as exc:
+        if required:
+            raise RuntimeError(f"a FLOP budget needs the FLOPs of a training step, and counting them "
+                               f"failed: {type(exc).__name__}: {exc}") from exc
+        return float("nan")
+    if required and not per_step > 0:
+        raise RuntimeError("a FLOP budget needs a step's FLOPs, but the counter saw no matmul/conv work in "
+                           f"{model.name}'s train_step; use a step or time budget for it")
+    return per_step
+
+
+def _log_interval(budget: Budget, steps_per_epoch: int, points: int, flops_per_step: float = float("nan")) -> int:
     if budget.kind == "steps":
         return max(1, int(budget.amount) // points)
     if budget.kind == "epochs":
         return max(1, int(budget.amount * steps_per_epoch) // points)
+    if budget.kind == "flops" and flops_per_step > 0:
+        return max(1, flop_count.steps_for(budget.amount, flops_per_step) // points)
     return 10  # a time budget: the step count is unknown in advance

@@ -89,6 +89,10 @@ class GenerativeModel(nn.Module):
 
     # True for adaptive solvers (their NFE grows with training): the scaling study times such models trained.
     sampling_cost_depends_on_weights: bool = False
+    def sampling_flops(self, n: int) -> float | None:
+        """FLOPs of ``sample(n)`` counted by hand, for samplers whose work torch's FLOP counter does not
+        see (custom kernels, outer-product updates). None: let the harness count it."""
+        return None
 
 
 def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -60,6 +60,11 @@ class FVSBN(GenerativeModel):
     def sampling_nfe(self) -> int:
         return self.dim
 
+    def sampling_flops(self, n: int) -> float:
+        # Pixel i's update adds its weight to the D-1-i later logits: sum_i (D-1-i) = D(D-1)/2
+        # multiply-adds per sample, 2 FLOPs each. (torch's counter does not see addr_.)
+        return float(n * self.dim * (self.dim - 1))
+
     @torch.no_grad()
     def sample(self, n: int, labels=None) -> torch.Tensor:
         return self.sample_with_conditionals(n)[0]

@@ -37,6 +37,8 @@ def test_smoke_suite_end_to_end(smoke_run):
                                     "train_seconds", "train_steps", "peak_memory", "params"}
         assert (rows[rows.metric == "test_bpd"].kind == "exact").all()
         assert rows[rows.metric == "train_steps"].value.item() == 20
+        train_flops = rows[rows.metric == "train_flops"]
+        assert train_flops.unit.item() == "FLOP" and train_flops.value.item() > 0  # 20 x a step's FLOPs
         assert (out / "samples" / f"{model}__mnist5k__seed0.png").is_file()
     for model in ["fvsbn", "realnvp"]:
         throughput = metrics[(metrics.model == model) & (metrics.metric == "sample_throughput")]

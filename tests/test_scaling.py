@@ -6,10 +6,12 @@ with known exponents and the structure of what a tiny real study writes.
 from __future__ import annotations
 
 import functools
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from bench import report, scaling
 from bench.cli import main as cli_main
@@ -58,10 +60,61 @@ def test_scaling_cli_writes_its_files(tmp_path):
     fvsbn = timings[timings.model == "fvsbn"]
     assert list(fvsbn["sampling_nfe"]) == list(fvsbn["dim"])  # one network evaluation per pixel
     fits = pd.read_csv(out / "scaling_fit.csv")
-    assert list(fits.columns) == ["model", "slope", "intercept", "r2"] and sorted(fits["model"]) == ["fvsbn", "realnvp"]
+    assert list(fits.columns) == ["model", "batch", "slope", "intercept", "r2"]
+    assert sorted(fits["model"]) == ["fvsbn", "realnvp"] and (fits["batch"] == 8).all()
     assert np.isfinite(fits["slope"]).all()
-    for name in ("scaling.md", "scaling.png", "scaling.json", "scaling_skipped.csv"):
+    for name in ("scaling.md", "scaling.png", "scaling.json", "scaling_skipped.csv", "scaling_gemm.json",
+                 "scaling_roofline.png"):
         assert (out / name).exists(), name
+    # The roofline fraction is the counted work rate over the GEMM rate measured in the same run.
+    gemm = json.loads((out / "scaling_gemm.json").read_text())
+    assert gemm["gemm_flops_per_second"] > 0 and gemm["side"] == scaling.GEMM_SIDE
+    expected = timings["flops_per_sample"] / timings["seconds_per_sample"] / gemm["gemm_flops_per_second"]
+    assert np.allclose(timings["roofline_fraction"], expected, rtol=1e-9)
+    assert np.allclose(timings["samples_per_second"] * timings["seconds_per_sample"], 1.0)
+    # FVSBN's own count (the sampler's D(D-1)/2 multiply-adds), not the counter's, which misses addr_.
+    assert list(fvsbn["flops_per_sample"]) == [d * (d - 1) for d in fvsbn["dim"]]
+    realnvp = timings[timings.model == "realnvp"]
+    assert (realnvp["flops_per_sample"] > 0).all() and (timings["trained_steps"] == 0).all()
+
+
+def test_default_study_times_latency_and_throughput():
+    from bench.cli import build_parser
+
+    assert build_parser().parse_args(["scaling"]).batch == [1, 1024]
+    assert scaling.DEFAULT_BATCHES == (1, 1024)
+
+
+def test_two_batches_give_one_fit_each_and_a_slow_sampler_says_its_batch(monkeypatch):
+    monkeypatch.setattr(scaling, "MAX_CALL_S", 0.0)  # every sampler is "slow": the asked batch is halved
+    timings, fits, _ = scaling.run_study(["fvsbn"], [6, 8], [1, 32], torch.device("cpu"), log=lambda _: None,
+                                         gemm={"gemm_flops_per_second": 1e9})
+    assert sorted(zip(timings["batch_asked"], timings["batch"])) == [(1, 1), (1, 1), (32, 8), (32, 8)]
+    assert sorted(fits["batch"]) == [1, 32]
+    table = scaling.scaling_table(timings, fits)
+    assert list(table["batch"]) == ["1", "8 (asked 32)"]
+    work = scaling.depth_work_table(timings).iloc[0]
+    assert work["NFE slope"] == "1.00" and work["FLOPs slope"] == f"{scaling.fit_power_law([36, 64], [36 * 35, 64 * 63])[0]:.2f}"
+
+
+class WeightDependentSampler(FVSBN):
+    """Stands in for an adaptive-solver flow: declares that its sampling cost depends on its weights."""
+
+    sampling_cost_depends_on_weights = True
+
+
+def test_a_model_whose_cost_depends_on_weights_is_trained_before_timing(monkeypatch):
+    monkeypatch.setitem(registry._REGISTRY, "weight-dependent", functools.partial(WeightDependentSampler))
+    monkeypatch.setattr(scaling, "TRAIN_STEPS", 3)
+    model, trained = scaling.build_for_study("weight-dependent", 6, torch.device("cpu"))
+    assert trained == 3 and model.weight.abs().sum() > 0  # FVSBN starts at zero weights: 3 steps moved them
+    untrained, none = scaling.build_for_study("fvsbn", 6, torch.device("cpu"))
+    assert none == 0 and untrained.weight.abs().sum() == 0
+    timings, fits, _ = scaling.run_study(["weight-dependent"], [6], 1, torch.device("cpu"), log=lambda _: None,
+                                         gemm={"gemm_flops_per_second": 1e9})
+    assert list(timings["trained_steps"]) == [3]
+    assert scaling.scaling_table(timings, fits)["model"].iloc[0] == "weight-dependent (trained 3 steps)"
+    assert "adaptive ODE solver" in scaling.FAMILY_COST_NOTES["flow"] and "trained weights" in scaling.FAMILY_COST_NOTES["flow"]
 
 
 class BrokenAtSmallSizes(FVSBN):
