@@ -216,7 +216,8 @@ class Glow(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, n: int, labels=None) -> torch.Tensor:
-        latent = self.temperature * torch.randn(n, self.dim, device=self.device)
+        weight = next(self.parameters())
+        latent = self.temperature * torch.randn(n, self.dim, dtype=weight.dtype, device=weight.device)
         return self._from_logit(self.inverse_flow(latent)).clamp(0.0, 1.0)
 
     @torch.no_grad()
