@@ -5,7 +5,7 @@ import math
 import torch
 
 import models
-from models.glow import ActNorm, InvConv1x1
+from models.glow import ActNorm, AffineCoupling, InvConv1x1
 
 
 def _random_glow(shape=(1, 4, 4), seed=0, **kwargs):
@@ -118,12 +118,25 @@ def test_sample_is_the_inverse_of_the_likelihood_map_at_a_temperature():
     assert samples.min() >= 0 and samples.max() <= 1 and samples.shape == (6, 1, 4, 4)
 
 
-def test_self_check_passes_on_a_random_flow_and_gradients_reach_every_parameter():
+def test_nll_is_finite_and_gradients_reach_every_parameter():
     model = models.build("glow", image_shape=(1, 8, 8), hidden=8, steps_per_level=2)
-    x = torch.randint(0, 256, (4, 1, 8, 8)).float()
-    loss = model.nll(x).mean()
+    loss = model.nll(torch.randint(0, 256, (4, 1, 8, 8)).float()).mean()
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in model.parameters())
-    (check,) = model.eval().self_checks(x)
-    assert check["passed"] and check["value"] <= check["tolerance"]
+
+
+def test_self_checks_pass_on_a_random_flow_and_catch_a_wrong_inverse(monkeypatch):
+    model = _random_glow((1, 8, 8)).float()
+    x = torch.randint(0, 256, (4, 1, 8, 8)).float()
+    checks = model.self_checks(x)
+    assert [c["check"] for c in checks] == ["inverse(forward(x)) = x (float64)", "inverse(forward(x)) = x (float32)"]
+    assert all(c["passed"] and c["value"] <= c["tolerance"] for c in checks)
+    assert next(model.parameters()).dtype == torch.float32  # the float64 check worked on a copy
+
+    def inverse_forgetting_the_scale(coupling, y):
+        y_a, y_b = y.chunk(2, dim=1)
+        return torch.cat([y_a, y_b - coupling._shift_scale(y_a)[0]], 1)
+
+    monkeypatch.setattr(AffineCoupling, "inverse", inverse_forgetting_the_scale)
+    assert not any(c["passed"] for c in model.self_checks(x))  # shift undone, scale forgotten
