@@ -64,11 +64,13 @@ def test_flow_logdet_equals_autograd_jacobian():
 def test_actnorm_initialises_to_zero_mean_unit_variance_on_its_first_batch():
     torch.manual_seed(0)
     norm = ActNorm(3)
-    x = torch.randn(16, 3, 5, 5) * torch.tensor([0.2, 3.0, 7.0]).view(1, 3, 1, 1) + torch.tensor([5.0, -1.0, 2.0]).view(1, 3, 1, 1)
+    std, mean = torch.tensor([0.2, 3.0, 7.0]).view(1, 3, 1, 1), torch.tensor([5.0, -1.0, 2.0]).view(1, 3, 1, 1)
+    x = torch.randn(16, 3, 5, 5) * std + mean
     y, logdet = norm(x)  # training mode: the first call initialises
     assert torch.allclose(y.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
     assert torch.allclose(y.var(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4)
-    assert torch.allclose(logdet, torch.full((16,), -25 * torch.log(x.std(dim=(0, 2, 3), unbiased=False)).sum()), atol=1e-4)
+    expected_logdet = -25 * torch.log(x.std(dim=(0, 2, 3), unbiased=False)).sum()  # H W sum(log_a), a = 1/std
+    assert torch.allclose(logdet, expected_logdet.expand(16), atol=1e-4)
     # later batches use the learnt parameters, not their own statistics
     y2, _ = norm(2 * x)
     assert torch.allclose(y2.var(dim=(0, 2, 3), unbiased=False), torch.full((3,), 4.0), atol=1e-3)
