@@ -22,6 +22,8 @@ from torch import nn
 from models.base import GenerativeModel
 from models.registry import register
 
+SAMPLER_BACKENDS = ("auto", "torch", "numba", "blocked", "cuda-graph")
+
 
 @register("fvsbn")
 class FVSBN(GenerativeModel):
@@ -65,16 +67,55 @@ class FVSBN(GenerativeModel):
         return self.sample_with_conditionals(n)[0]
 
     @torch.no_grad()
-    def sample_with_conditionals(self, n: int, generator: torch.Generator | None = None):
-        """Samples and the probability p(x_i = 1 | x_<i) the sampler used at each pixel."""
+    def sample_with_conditionals(self, n: int, generator: torch.Generator | None = None,
+                                 backend: str = "auto"):
+        """Samples and the probability p(x_i = 1 | x_<i) the sampler used at each pixel.
+
+        ``backend``: "torch" (the reference loop below, one Python step per pixel), "numba" (the same
+        loop compiled, CPU), "blocked" (one matrix product per block of pixels, any device),
+        "cuda-graph" (the blocked loop replayed as a CUDA graph; never run), or "auto": numba on the
+        CPU when it is installed, the CUDA graph on a GPU, else torch. Every backend draws the same
+        uniforms from ``generator`` (B x D, once), so they draw the same samples.
+        """
         d = self.dim
+        device = self.bias.device
         # Row i of W^T holds pixel i's weights onto every later pixel; contiguous rows keep each step's
         # update a streaming read rather than a strided column gather.
         outgoing = self.masked_weight().T.contiguous()
-        x = torch.zeros(n, d, device=self.bias.device)
-        probs = torch.empty(n, d, device=self.bias.device)
+        uniforms = torch.rand(n, d, generator=generator, device=device)
+        backend = self._resolve_backend(backend, device)
+        if backend == "torch":
+            x, probs = self._sample_reference(outgoing, uniforms)
+        else:
+            from models import fvsbn_kernels
+
+            if backend == "numba":
+                x, probs = fvsbn_kernels.sample_numba(outgoing, self.bias, uniforms)
+                x, probs = x.to(device), probs.to(device)
+            elif backend == "blocked":
+                x, probs = fvsbn_kernels.sample_blocked(outgoing, self.bias, uniforms)
+            else:
+                x, probs = fvsbn_kernels.sample_cuda_graph(outgoing, self.bias, uniforms)
+        return x.view(n, *self.image_shape), probs
+
+    @staticmethod
+    def _resolve_backend(backend: str, device: torch.device) -> str:
+        if backend not in SAMPLER_BACKENDS:
+            raise ValueError(f"unknown FVSBN sampler backend {backend!r}; one of {SAMPLER_BACKENDS}")
+        if backend != "auto":
+            return backend
+        if device.type == "cuda":
+            return "cuda-graph"
+        from models import fvsbn_kernels
+
+        return "numba" if device.type == "cpu" and fvsbn_kernels.numba_available() else "torch"
+
+    def _sample_reference(self, outgoing: torch.Tensor, uniforms: torch.Tensor):
+        """The running-logits loop in plain torch: the oracle the compiled backends must match."""
+        n, d = uniforms.shape
+        x = torch.zeros_like(uniforms)
+        probs = torch.empty_like(uniforms)
         running_logits = self.bias.expand(n, d).clone()
-        uniforms = torch.rand(n, d, generator=generator, device=self.bias.device)
         for i in range(d):
             p = torch.sigmoid(running_logits[:, i])
             probs[:, i] = p
@@ -82,4 +123,4 @@ class FVSBN(GenerativeModel):
             x[:, i] = xi
             # Pixel i now feeds every later pixel's conditional (row j, column i of W, j > i).
             running_logits.addr_(xi, outgoing[i])
-        return x.view(n, *self.image_shape), probs
+        return x, probs
