@@ -1,9 +1,15 @@
 """FVSBN: the sampler uses exactly the conditionals of the likelihood, and the likelihood normalises."""
 import itertools
 
+import pytest
 import torch
 
 import models
+from models import fvsbn_kernels
+
+FAST_BACKENDS = [pytest.param("numba", marks=pytest.mark.skipif(not fvsbn_kernels.numba_available(),
+                                                                  reason="numba not installed")),
+                 "blocked"]
 
 
 def _random_fvsbn(shape, seed=0):
@@ -19,6 +25,32 @@ def test_sampler_conditionals_equal_teacher_forced_conditionals():
     model = _random_fvsbn((1, 6, 6))
     x, sampler_probs = model.sample_with_conditionals(64, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(model.conditionals(x), sampler_probs, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_fast_sampler_draws_the_reference_samples(backend):
+    # D = 100 spans two of the default 64-pixel blocks; same uniforms -> the same draws. The logits'
+    # summation order differs (a block's terms in one matrix product), so the conditionals agree to
+    # float32 rounding rather than bitwise.
+    model = _random_fvsbn((1, 10, 10), seed=3)
+    x_ref, p_ref = model.sample_with_conditionals(64, generator=torch.Generator().manual_seed(4), backend="torch")
+    x, p = model.sample_with_conditionals(64, generator=torch.Generator().manual_seed(4), backend=backend)
+    assert torch.equal(x, x_ref)
+    assert torch.allclose(p, p_ref, atol=1e-6)
+    assert torch.allclose(model.conditionals(x), p, atol=1e-6)
+
+
+@pytest.mark.parametrize("block", [1, 5, 36, 100])
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_blocked_samplers_match_the_reference_at_any_block_size(backend, block):
+    model = _random_fvsbn((1, 6, 6), seed=6)
+    outgoing = model.masked_weight().detach().T.contiguous()
+    uniforms = torch.rand(32, 36, generator=torch.Generator().manual_seed(7))
+    x_ref, p_ref = model._sample_reference(outgoing, uniforms)
+    fast = fvsbn_kernels.sample_numba if backend == "numba" else fvsbn_kernels.sample_blocked
+    x, p = fast(outgoing, model.bias.detach(), uniforms, block=block)
+    assert torch.equal(x, x_ref)
+    assert torch.allclose(p, p_ref, atol=1e-6)
 
 
 def test_sampler_depends_on_earlier_pixels():
@@ -40,16 +72,25 @@ def test_probabilities_of_all_images_sum_to_one():
     assert abs(total.item() - 1.0) < 1e-6
 
 
-def test_sample_frequencies_match_likelihood():
-    # Enumerate D = 3: empirical sample frequencies against exp(-nll).
-    model = _random_fvsbn((1, 1, 3), seed=2)
-    images = torch.tensor(list(itertools.product([0.0, 1.0], repeat=3))).view(8, 1, 1, 3)
+@pytest.mark.parametrize("backend", ["torch", *FAST_BACKENDS])
+def test_sample_frequencies_match_likelihood(backend):
+    # Enumerate D = 4: empirical sample frequencies against exp(-nll), for each sampler backend.
+    model = _random_fvsbn((1, 2, 2), seed=2)
+    images = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4))).view(16, 1, 2, 2)
     probs = torch.exp(-model.nll(images))
-    torch.manual_seed(5)
-    samples = model.sample(40000).flatten(1)
-    codes = (samples * torch.tensor([4.0, 2.0, 1.0])).sum(1).long()
-    freq = torch.bincount(codes, minlength=8).float() / len(codes)
+    samples, _ = model.sample_with_conditionals(40000, generator=torch.Generator().manual_seed(5),
+                                                backend=backend)
+    codes = (samples.flatten(1) * torch.tensor([8.0, 4.0, 2.0, 1.0])).sum(1).long()
+    freq = torch.bincount(codes, minlength=16).float() / len(codes)
     assert torch.allclose(freq, probs, atol=0.01)
+
+
+def test_auto_backend_is_the_compiled_sampler_on_cpu_when_numba_is_installed():
+    expected = "numba" if fvsbn_kernels.numba_available() else "torch"
+    assert models.build("fvsbn")._resolve_backend("auto", torch.device("cpu")) == expected
+    assert models.build("fvsbn")._resolve_backend("auto", torch.device("cuda")) == "cuda-graph"
+    with pytest.raises(ValueError):
+        models.build("fvsbn")._resolve_backend("fortran", torch.device("cpu"))
 
 
 def test_weights_on_and_above_the_diagonal_have_no_effect():
