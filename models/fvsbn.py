@@ -12,6 +12,11 @@ pixels), so its samples ignored every earlier pixel. Here both the likelihood an
 through the same logits: the sampler keeps running logits and, once pixel i is drawn, adds its
 contribution W[:, i] * x_i to every later pixel's logit, which is exactly ``x @ W.T + b`` restricted
 to the pixels drawn so far.
+
+That loop, in torch, is the reference (``backend="torch"``) and the oracle of the fast samplers in
+``models/fvsbn_kernels.py``: on a CPU the default is the same algorithm blocked (sequential only
+inside blocks of 64 pixels, one matrix product per block onto the later pixels), its inner part
+compiled with numba; its cost, B D (D - 1) / 2 multiply-adds, does not depend on the weights.
 """
 from __future__ import annotations
 
@@ -30,6 +35,9 @@ class FVSBN(GenerativeModel):
     family = "autoregressive"
     likelihood = "exact"
     track = "binary"
+    # The batch the seed's training was timed at: a step is one D x D matrix product, so 128 images
+    # per step train ~1.5x more images/s than the harness default of 64 on a CPU.
+    batch_size = 128
 
     def __init__(self, image_shape=(1, 28, 28), lr: float = 1e-3, init_bias_logit: float = 0.0):
         super().__init__(image_shape)
