@@ -99,7 +99,7 @@ class FVSBN(GenerativeModel):
 
             if backend == "numba":
                 x, probs = fvsbn_kernels.sample_numba(outgoing, self.bias, uniforms)
-                x, probs = x.to(device), probs.to(device)
+                x, probs = x.to(device, uniforms.dtype), probs.to(device, uniforms.dtype)
             elif backend == "blocked":
                 x, probs = fvsbn_kernels.sample_blocked(outgoing, self.bias, uniforms)
             else:
