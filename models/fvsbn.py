@@ -87,9 +87,7 @@ class FVSBN(GenerativeModel):
         """
         d = self.dim
         device = self.bias.device
-        # Row i of W^T holds pixel i's weights onto every later pixel; contiguous rows keep each step's
-        # update a streaming read rather than a strided column gather.
-        outgoing = self.masked_weight().T.contiguous()
+        outgoing = self._outgoing_weights()
         uniforms = torch.rand(n, d, generator=generator, device=device)
         backend = self._resolve_backend(backend, device)
         if backend == "torch":
@@ -105,6 +103,17 @@ class FVSBN(GenerativeModel):
             else:
                 x, probs = fvsbn_kernels.sample_cuda_graph(outgoing, self.bias, uniforms)
         return x.view(n, *self.image_shape), probs
+
+    def _outgoing_weights(self) -> torch.Tensor:
+        """(W * mask)^T, contiguous: row i holds pixel i's weights onto every later pixel, so each
+        step's update is a streaming read rather than a strided column gather."""
+        # Kept between calls while W is unchanged (any in-place change, an optimiser step included,
+        # bumps its version): the D x D copy costs ~20x the compiled sampler's time for one sample.
+        key = (self.weight._version, self.weight.data_ptr(), self.weight.device, self.mask._version)
+        cached = getattr(self, "_outgoing_cache", None)
+        if cached is None or cached[0] != key:
+            self._outgoing_cache = (key, self.masked_weight().detach().T.contiguous())
+        return self._outgoing_cache[1]
 
     @staticmethod
     def _resolve_backend(backend: str, device: torch.device) -> str:

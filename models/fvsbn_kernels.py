@@ -1,34 +1,42 @@
 """Fast FVSBN samplers: the running-logits algorithm of ``FVSBN.sample_with_conditionals`` (the
-torch reference) without a Python step per pixel, and with most of its work in matrix products.
+torch reference) without a Python step per pixel.
 
 All backends take the same inputs, ``outgoing = (W * mask).T`` (row i: pixel i's weights onto the
 later pixels), ``bias`` and the uniforms ``u`` (B x D, drawn once by the caller), and draw
-``x_i = [u_i < sigmoid(logit_i)]``, so the same uniforms give the same samples. The blocked backends
-sum a logit's terms in a different order than the reference (a block's terms inside one matrix
-product), so their conditionals agree with it to float32 rounding (~1e-7), and a draw can differ only
-when ``u`` falls within that of ``p``.
+``x_i = [u_i < sigmoid(logit_i)]``, so the same uniforms give the same samples. Every update is
+applied whatever the draw (adding ``0 * w``, never skipping a zero pixel), so the cost, B D (D - 1) / 2
+multiply-adds, does not depend on the weights.
 
-Blocking: pixels go in blocks of ``block``. Inside a block the exact sequential update runs only
-among the block's own pixels (B k^2 / 2 multiply-adds per block); the block's effect on every later
-pixel is then one matrix product, ``logits[later] += outgoing[block, later]^T x[block]``. Summed over
-blocks that is the B D (D - 1) / 2 multiply-adds of the plain loop, nearly all of it at GEMM speed.
-Every update is applied whatever the draw (adding ``0 * w``, never skipping a zero pixel), so the
-cost does not depend on the weights.
-
-- ``sample_numba`` (CPU): the in-block part compiled with numba, vectorised over the batch (logits
-  held pixel-major, D x B), the products by torch's BLAS (torch's thread count).
-- ``sample_blocked`` (any device): the same blocking in plain torch; Python still runs per pixel.
+- ``sample_numba`` (CPU), below ``BLOCKED_FROM`` samples: the reference loop compiled, one sample at
+  a time, the update of the later logits vectorised; samples split across threads. Since ``x_i`` is
+  0 or 1, ``x_i * w`` is exact and the terms are added in the reference's pixel order, so the logits
+  are bit-identical to the reference's; only ``sigmoid`` may differ in the last bit (a draw flips only
+  if ``u`` is that close to ``p``). From ``BLOCKED_FROM`` samples on, the blocked algorithm below with
+  its in-block part compiled (vectorised over the batch) and the products by torch's BLAS: each W
+  block is then read once per batch, not once per sample.
+- ``sample_blocked`` (any device): pixels in blocks of ``block``; the exact sequential update runs only
+  among a block's own pixels (B k^2 / 2 multiply-adds per block), and the block's effect on every
+  later pixel is one matrix product, ``logits[:, later] += x[:, block] @ outgoing[block, later]``.
+  Python still runs per pixel. Its sums are in another order: conditionals agree to float32 rounding.
 - ``sample_cuda_graph``: ``sample_blocked`` captured once per (batch, D) in a CUDA graph and replayed,
   so no Python runs per pixel. Written for CUDA but NEVER RUN (the development machine has no GPU).
 """
 from __future__ import annotations
 
+import math
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
-BLOCK = 64  # pixels per block: fastest of 16..128 at batch 16 and 1,024 on the development CPU
+BLOCK = 64  # pixels per block of the blocked samplers
+# Batch from which the blocked compiled sampler beats the per-sample one (2-core CPU: per-sample
+# ~0.02 ms/sample up to batch 16, ~3x that at 1,024 when W's reads compete for cache; blocked ~0.035).
+BLOCKED_FROM = 64
 
 _kernel = None
+_block_kernel = None
+_pool: ThreadPoolExecutor | None = None
 
 
 def numba_available() -> bool:
@@ -39,13 +47,40 @@ def numba_available() -> bool:
     return True
 
 
-def _in_block_kernel():
+def _running_logits_kernel():
     """The numba kernel, compiled (or loaded from numba's on-disk cache) on first use."""
     global _kernel
     if _kernel is None:
+        from numba import njit, uint64
+
+        # fastmath off: the float32 additions happen in the reference's order, never reassociated.
+        @njit(fastmath=False, cache=True, nogil=True)
+        def running_logits(outgoing, bias, uniforms, samples, probs, start, stop):
+            """Samples start..stop-1 of the batch, pixel by pixel, as the torch reference does."""
+            d = uniforms.shape[1]
+            one, zero = np.float32(1.0), np.float32(0.0)
+            logits = np.empty(d, dtype=np.float32)
+            for b in range(start, stop):
+                logits[:] = bias
+                for i in range(d):
+                    p = one / (one + np.exp(-logits[i]))
+                    probs[b, i] = p
+                    xi = one if uniforms[b, i] < p else zero
+                    samples[b, i] = xi
+                    # Unsigned indices: no negative-index wraparound check, so the loop vectorises.
+                    for j in range(uint64(i + 1), uint64(d)):
+                        logits[j] += xi * outgoing[i, j]
+
+        _kernel = running_logits
+    return _kernel
+
+
+def _in_block_kernel():
+    """The blocked sampler's in-block kernel, compiled (or loaded from cache) on first use."""
+    global _block_kernel
+    if _block_kernel is None:
         from numba import njit
 
-        # fastmath off: no reassociation, the in-block terms are added in pixel order.
         @njit(fastmath=False, cache=True, nogil=True)
         def sample_block(outgoing, logits, uniforms, samples, probs, start, stop):
             """Pixels start..stop-1 in order, for the whole batch; arrays are pixel-major (D x B)."""
@@ -61,12 +96,19 @@ def _in_block_kernel():
                     for b in range(n):  # contiguous over the batch: vectorises
                         logits[j, b] += samples[i, b] * w
 
-        _kernel = sample_block
-    return _kernel
+        _block_kernel = sample_block
+    return _block_kernel
 
 
-def sample_numba(outgoing: torch.Tensor, bias: torch.Tensor, uniforms: torch.Tensor, block: int = BLOCK):
-    """Samples and conditionals (B x D each, float32) on the CPU: numba in a block, BLAS across."""
+def sample_numba(outgoing: torch.Tensor, bias: torch.Tensor, uniforms: torch.Tensor):
+    """Samples and conditionals (B x D each, float32) on the CPU; see the module's docstring."""
+    if len(uniforms) >= BLOCKED_FROM:
+        return sample_numba_blocked(outgoing, bias, uniforms)
+    return sample_numba_per_sample(outgoing, bias, uniforms)
+
+
+def sample_numba_blocked(outgoing: torch.Tensor, bias: torch.Tensor, uniforms: torch.Tensor, block: int = BLOCK):
+    """The blocked algorithm: the compiled kernel inside a block, one BLAS product across."""
     kernel = _in_block_kernel()
     n, d = uniforms.shape
     outgoing = outgoing.detach().float().contiguous()
@@ -82,10 +124,31 @@ def sample_numba(outgoing: torch.Tensor, bias: torch.Tensor, uniforms: torch.Ten
     return x.T, probs.T
 
 
+def sample_numba_per_sample(outgoing: torch.Tensor, bias: torch.Tensor, uniforms: torch.Tensor):
+    """The reference loop compiled, one sample at a time; torch's thread count of threads."""
+    global _pool
+    kernel = _running_logits_kernel()
+    arrays = [np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32) for t in (outgoing, bias, uniforms)]
+    samples, probs = np.empty_like(arrays[2]), np.empty_like(arrays[2])
+    n = len(samples)
+    threads = max(1, min(torch.get_num_threads(), n))
+    if threads == 1:
+        kernel(*arrays, samples, probs, 0, n)
+    else:  # the kernel releases the GIL: one contiguous share of the batch per thread
+        if _pool is None or _pool._max_workers < threads:
+            _pool = ThreadPoolExecutor(threads)
+        share = math.ceil(n / threads)
+        jobs = [_pool.submit(kernel, *arrays, samples, probs, lo, min(n, lo + share)) for lo in range(0, n, share)]
+        for job in jobs:
+            job.result()
+    return torch.from_numpy(samples), torch.from_numpy(probs)
+
+
 def warm_up():
     """Compile (or load from cache) the numba kernel on a tiny problem, outside any timed region."""
     if numba_available():
-        sample_numba(torch.zeros(3, 3), torch.zeros(3), torch.rand(2, 3), block=2)
+        sample_numba_per_sample(torch.zeros(3, 3), torch.zeros(3), torch.rand(2, 3))
+        sample_numba_blocked(torch.zeros(3, 3), torch.zeros(3), torch.rand(2, 3), block=2)
 
 
 def sample_blocked(outgoing: torch.Tensor, bias: torch.Tensor, uniforms: torch.Tensor, block: int = BLOCK):

@@ -29,12 +29,18 @@ def test_sampler_conditionals_equal_teacher_forced_conditionals():
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_fast_sampler_draws_the_reference_samples(backend):
-    # D = 100 spans two of the default 64-pixel blocks; same uniforms -> the same draws. The logits'
-    # summation order differs (a block's terms in one matrix product), so the conditionals agree to
-    # float32 rounding rather than bitwise.
+    # D = 100 spans two of the blocked sampler's 64-pixel blocks; same uniforms -> the same draws.
+    # Conditionals agree to float32 rounding (sigmoid's last bit; the blocked sums' order).
+    # The numba backend switches algorithm at BLOCKED_FROM samples: both sides are drawn.
     model = _random_fvsbn((1, 10, 10), seed=3)
-    x_ref, p_ref = model.sample_with_conditionals(64, generator=torch.Generator().manual_seed(4), backend="torch")
-    x, p = model.sample_with_conditionals(64, generator=torch.Generator().manual_seed(4), backend=backend)
+    n = fvsbn_kernels.BLOCKED_FROM + 8
+    x_ref, p_ref = model.sample_with_conditionals(n, generator=torch.Generator().manual_seed(4), backend="torch")
+    x, p = model.sample_with_conditionals(n, generator=torch.Generator().manual_seed(4), backend=backend)
+    assert torch.equal(x, x_ref)
+    assert torch.allclose(p, p_ref, atol=1e-6)
+    assert torch.allclose(model.conditionals(x), p, atol=1e-6)
+    x, p = model.sample_with_conditionals(8, generator=torch.Generator().manual_seed(4), backend=backend)
+    x_ref, p_ref = x_ref[:8], p_ref[:8]  # the first 8 rows of the same uniforms
     assert torch.equal(x, x_ref)
     assert torch.allclose(p, p_ref, atol=1e-6)
     assert torch.allclose(model.conditionals(x), p, atol=1e-6)
@@ -47,10 +53,40 @@ def test_blocked_samplers_match_the_reference_at_any_block_size(backend, block):
     outgoing = model.masked_weight().detach().T.contiguous()
     uniforms = torch.rand(32, 36, generator=torch.Generator().manual_seed(7))
     x_ref, p_ref = model._sample_reference(outgoing, uniforms)
-    fast = fvsbn_kernels.sample_numba if backend == "numba" else fvsbn_kernels.sample_blocked
-    x, p = fast(outgoing, model.bias.detach(), uniforms, block=block)
+    blocked = fvsbn_kernels.sample_numba_blocked if backend == "numba" else fvsbn_kernels.sample_blocked
+    x, p = blocked(outgoing, model.bias.detach(), uniforms, block=block)
     assert torch.equal(x, x_ref)
     assert torch.allclose(p, p_ref, atol=1e-6)
+
+
+@pytest.mark.skipif(not fvsbn_kernels.numba_available(), reason="numba not installed")
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_compiled_sampler_matches_the_reference_in_any_thread_count(threads):
+    # The batch is split across threads: every share must see its own uniforms and rows.
+    model = _random_fvsbn((1, 6, 6), seed=6)
+    outgoing = model.masked_weight().detach().T.contiguous()
+    uniforms = torch.rand(31, 36, generator=torch.Generator().manual_seed(7))
+    x_ref, p_ref = model._sample_reference(outgoing, uniforms)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x, p = fvsbn_kernels.sample_numba_per_sample(outgoing, model.bias.detach(), uniforms)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(x, x_ref)
+    assert torch.allclose(p, p_ref, atol=1e-6)
+
+
+def test_sampler_sees_weights_changed_after_an_earlier_call():
+    # The sampler keeps W^T between calls; an optimiser step (in place) must invalidate it.
+    model = _random_fvsbn((1, 3, 3))
+    before = model.sample_with_conditionals(8, generator=torch.Generator().manual_seed(0))[1]
+    opt = torch.optim.SGD(model.parameters(), lr=10.0)
+    model.nll(torch.ones(4, 1, 3, 3)).mean().backward()
+    opt.step()
+    x, p = model.sample_with_conditionals(8, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(p, before)
+    assert torch.allclose(model.conditionals(x), p, atol=1e-6)
 
 
 def test_sampler_depends_on_earlier_pixels():
