@@ -36,6 +36,7 @@ BLOCKED_FROM = 64
 
 _kernel = None
 _block_kernel = None
+_warm = False
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -102,6 +103,8 @@ def _in_block_kernel():
 
 def sample_numba(outgoing: torch.Tensor, bias: torch.Tensor, uniforms: torch.Tensor):
     """Samples and conditionals (B x D each, float32) on the CPU; see the module's docstring."""
+    if not _warm:  # both kernels at once: a later batch size must not pay for loading the other
+        warm_up()
     if len(uniforms) >= BLOCKED_FROM:
         return sample_numba_blocked(outgoing, bias, uniforms)
     return sample_numba_per_sample(outgoing, bias, uniforms)
@@ -145,10 +148,12 @@ def sample_numba_per_sample(outgoing: torch.Tensor, bias: torch.Tensor, uniforms
 
 
 def warm_up():
-    """Compile (or load from cache) the numba kernel on a tiny problem, outside any timed region."""
+    """Compile (or load from numba's cache) both kernels on a tiny problem, outside any timed region."""
+    global _warm
     if numba_available():
         sample_numba_per_sample(torch.zeros(3, 3), torch.zeros(3), torch.rand(2, 3))
         sample_numba_blocked(torch.zeros(3, 3), torch.zeros(3), torch.rand(2, 3), block=2)
+        _warm = True
 
 
 def sample_blocked(outgoing: torch.Tensor, bias: torch.Tensor, uniforms: torch.Tensor, block: int = BLOCK):
