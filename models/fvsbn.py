@@ -14,9 +14,10 @@ contribution W[:, i] * x_i to every later pixel's logit, which is exactly ``x @ 
 to the pixels drawn so far.
 
 That loop, in torch, is the reference (``backend="torch"``) and the oracle of the fast samplers in
-``models/fvsbn_kernels.py``: on a CPU the default is the same algorithm blocked (sequential only
-inside blocks of 64 pixels, one matrix product per block onto the later pixels), its inner part
-compiled with numba; its cost, B D (D - 1) / 2 multiply-adds, does not depend on the weights.
+``models/fvsbn_kernels.py``: on a CPU the default is the same loop compiled with numba (per sample
+for small batches; for large ones blocked, sequential only inside blocks of 64 pixels with one matrix
+product per block onto the later pixels). Its cost, B D (D - 1) / 2 multiply-adds, does not depend on
+the weights: no zero pixel's update is skipped.
 """
 from __future__ import annotations
 
