@@ -111,8 +111,10 @@ def git_commit() -> str:
 def hardware(device) -> dict:
     import torch
 
+    from bench.runner import job_threads  # the jobs' thread count, not this (parent) process's
+
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+            "cpu_count": os.cpu_count(), "torch_threads": job_threads()}
     try:
         info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):
