@@ -14,6 +14,9 @@ def _random_pixelcnn(shape, channels=8, layers=2, seed=0):
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.3)
+        # The ReLU features are positive: a zero-mean output layer keeps the logits of either sign.
+        model.head[-1].weight.normal_(0, 0.5)
+        model.head[-1].bias.zero_()
     return model
 
 
