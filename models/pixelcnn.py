@@ -158,15 +158,31 @@ class PixelCNN(GenerativeModel):
                 above = above[:, :, 1:, 1:-1] + conv(torch.relu(above))
             rows[l][:, :, 0, spans[l][0]:spans[l][1]] = above[:, :, -1]
 
+        kernels = [conv.weight * conv.mask for conv in convs]  # masked once, not once per step
+        # One position of a layer is one product: its (c_in * kh * kw) input patch times the kernel.
+        flat_kernels = [kernel.flatten(1).T.contiguous() for kernel in kernels]
+        hidden, out = (m for m in self.head if isinstance(m, nn.Conv2d))
+
         def compute(l: int, p: int, q0: int, q1: int):
+            """Layer l's outputs on row p, columns q0..q1-1, from its inputs' rows up to p."""
             if q0 >= q1:
                 return
             if l == 0:
-                out = self.first(padded[:, :, p - first_half:p + 1, q0 - first_half:q1 + first_half])
+                patch = padded[:, :, p - first_half:p + 1, q0 - first_half:q1 + first_half]
             else:
                 below = rows[l - 1][:, :, :, q0 - 1:q1 + 1]
-                out = below[:, :, 1:, 1:-1] + convs[l](torch.relu(below))
-            rows[l][:, :, 1:, q0:q1] = out
+                patch = torch.relu(below)
+            if q1 - q0 == 1:
+                value = torch.addmm(convs[l].bias, patch.reshape(n, -1), flat_kernels[l])[:, :, None, None]
+            else:
+                value = F.conv2d(patch, kernels[l], convs[l].bias)
+            if l > 0:
+                value = value + below[:, :, 1:, 1:-1]
+            rows[l][:, :, 1:, q0:q1] = value
+
+        def head_logit(q: int) -> torch.Tensor:
+            features = torch.relu(F.linear(torch.relu(rows[-1][:, :, 1, q]), hidden.weight.flatten(1), hidden.bias))
+            return F.linear(features, out.weight.flatten(1), out.bias).view(n)
 
         for i in range(h):
             p = i + r
@@ -176,7 +192,7 @@ class PixelCNN(GenerativeModel):
                 q = j + r
                 for l in range(len(convs)):
                     compute(l, p, q, q + 1)
-                probs[:, i, j] = torch.sigmoid(self.head(rows[-1][:, :, 1:, q:q + 1]).view(n))
+                probs[:, i, j] = torch.sigmoid(head_logit(q))
                 padded[:, 0, p, q] = (uniforms[:, i, j] < probs[:, i, j]).to(padded.dtype)
             for l in range(len(convs)):
                 compute(l, p, r + w, spans[l][1])
