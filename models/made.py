@@ -13,11 +13,18 @@ the paper's order-agnostic training; the model is then the uniform mixture of th
 autoregressive models, whose likelihood -log(1/K sum_k p_k(x)) is still exact, and ``sample``
 draws each image from one mask chosen uniformly.
 
-The trap: the sampler is not free. Sampling needs D sequential steps (``sampling_nfe = D``),
-and the naive sampler re-runs the whole network each step. The first layer's pre-activations are
-linear in x, so (as FVSBN's running logits) the fast sampler keeps them and adds W1[:, i] * x_i once
-pixel i is drawn; pixel i+1 then needs only the layers above on its own output row. Both samplers
-draw from the same conditionals as the likelihood, with the same uniforms.
+Sampling needs D sequential steps (``sampling_nfe = D``). The naive sampler re-runs the whole
+network per pixel; the default one keeps the first layer's pre-activations b1 + W1 x, which are
+linear in x, and (as FVSBN's running logits) adds W1[:, i] x_i once pixel i is drawn, so that pixel
+i+1 needs only the layers above, and of the output layer only row i+1. Both draw from the
+likelihood's conditionals with the same uniforms. With one hidden layer this removes almost all
+the work (1,000 samples: about 1 s against 90 s naive on a loaded CPU core); with two, the
+second layer's full pass per pixel remains (about 3.5x).
+
+The trap: the strict inequality. Hidden units may listen to degrees <= their own, but output i
+only to degrees < rank(i), and hidden degrees stop at D-1; a non-strict output mask lets x_i into
+its own conditional, the training loss falls towards zero and the samples are noise. The tests
+flip each pixel and check that no conditional at or before it moves.
 """
 from __future__ import annotations
 

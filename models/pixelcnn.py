@@ -6,18 +6,23 @@ above it and to its left. The first layer (type A, 7x7) also hides the centre pi
 (type B, 3x3) may see their own position, whose features already exclude the input pixel. Plain
 (not gated) PixelCNN: residual blocks x + conv_B(relu(x)), then two 1x1 convolutions to one
 Bernoulli logit per pixel. The likelihood is one pass; sampling needs D sequential passes in raster
-order (``sampling_nfe = D``). Like the original plain PixelCNN it has a blind spot (the stack cannot
-see pixels up and to the right beyond its reach); the gated PixelCNN's two stacks would remove it.
+order (``sampling_nfe = D``). Like the original plain PixelCNN it has a blind spot: stacked masked
+kernels miss part of the region above and to the right; the gated PixelCNN's two stacks remove it.
 
-Defaults (calibrated so that 1,000 28x28 samples take under a minute on one CPU core): 32 channels,
-a 7x7 type-A layer, 5 residual 3x3 type-B layers, 1x1 layers of 32 channels; Adam, lr 1e-3, batch 64.
+Defaults (calibrated so that 1,000 28x28 samples take well under a minute on one CPU core): 32
+channels, a 7x7 type-A layer, 5 residual 3x3 type-B layers, 1x1 layers of 32 channels; Adam, lr
+1e-3, batch 64.
 
 Kernels keep only their rows down to the centre (the masked rows below are dropped), and every
 convolution is 'valid': the image is padded once with zeros (``reach`` rows above, ``reach``
 columns either side) and each layer trims its own border. Position (r, c)'s logit is then a
 function of the (reach + 1) x (2 reach + 1) window of padded input ending on row r around
-column c, so the fast sampler runs the same network on that window only, and the naive one on the
-whole image; both draw from the likelihood's conditionals.
+column c. Three samplers draw from the likelihood's conditionals with the same uniforms: "naive"
+(the whole image through the network per pixel), "windowed" (the network on that window only) and
+"cached", the default: a layer's activation at a position depends on the rows above and on the
+pixels left of it in its own row only, so it is final once those are drawn, and each pixel step
+computes one position per layer from activations kept from earlier steps. On a loaded CPU core,
+16 samples: cached 0.9 s, windowed 4.0 s, naive 85 s; 1,000 samples (cached) about 16 s.
 
 The trap: the masks, not the architecture, make the model autoregressive. A type-B mask in the first
 layer (or a kernel row below the centre) lets each logit see its own pixel, and the training loss
