@@ -133,7 +133,9 @@ class MADE(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, n: int, labels=None) -> torch.Tensor:
-        chosen = torch.randint(self.num_masks, (n,))
+        if self.num_masks == 1:
+            return self.sample_with_conditionals(n)[0]
+        chosen = torch.randint(self.num_masks, (n,), device=self.device)
         x = torch.empty(n, *self.image_shape, device=self.device)
         for k in chosen.unique().tolist():
             picked = chosen == k
