@@ -177,4 +177,4 @@ class MADE(GenerativeModel):
         gap = (self.conditionals(x) - sampler_probs).abs().max().item()
         return [{"check": "made sampler conditionals = likelihood conditionals", "passed": gap <= 1e-5,
                  "value": gap, "tolerance": 1e-5,
-                 "detail": "max |p(x_i=1|x_<i)| gap, 64 fresh samples (mask 0) vs a teacher-forced pass"}]
+                 "detail": "max gap in p(x_i=1|x_<i), sampler vs teacher-forced pass, 64 fresh samples (mask 0)"}]

@@ -211,4 +211,4 @@ class PixelCNN(GenerativeModel):
         gap = (self.conditionals(x) - sampler_probs).abs().max().item()
         return [{"check": "pixelcnn sampler conditionals = likelihood conditionals", "passed": gap <= 1e-5,
                  "value": gap, "tolerance": 1e-5,
-                 "detail": "max |p(x_i=1|x_<i)| gap, 16 fresh samples (cached sampler) vs a teacher-forced pass"}]
+                 "detail": "max gap in p(x_i=1|x_<i), cached sampler vs teacher-forced pass, 16 fresh samples"}]
