@@ -85,7 +85,7 @@ class MADE(GenerativeModel):
             orders.append(torch.randperm(d, generator=generator))
             masks.append(made_masks(orders[-1], hidden_sizes, generator))
         self.register_buffer("orders", torch.stack(orders))  # K x D
-        for layer, _ in enumerate(self.layers):  # masks{layer}: K x out x in
+        for layer in range(len(self.layers)):  # masks{layer}: K x out x in
             self.register_buffer(f"masks{layer}", torch.stack([m[layer] for m in masks]))
 
     def configure_optimizers(self):
