@@ -1,0 +1,214 @@
+"""PixelCNN: masked convolutions for binary images (van den Oord, Kalchbrenner & Kavukcuoglu 2016).
+
+An autoregressive model in raster order, p(x) = prod_i p(x_i | x_<i), whose conditionals all come
+from one convolutional network: every kernel is masked so that a position sees only the pixels
+above it and to its left. The first layer (type A, 7x7) also hides the centre pixel, the later ones
+(type B, 3x3) may see their own position, whose features already exclude the input pixel. Plain
+(not gated) PixelCNN: residual blocks x + conv_B(relu(x)), then two 1x1 convolutions to one
+Bernoulli logit per pixel. The likelihood is one pass; sampling needs D sequential passes in raster
+order (``sampling_nfe = D``). Like the original plain PixelCNN it has a blind spot: stacked masked
+kernels miss part of the region above and to the right; the gated PixelCNN's two stacks remove it.
+
+Defaults (calibrated so that 1,000 28x28 samples take well under a minute on one CPU core): 32
+channels, a 7x7 type-A layer, 5 residual 3x3 type-B layers, 1x1 layers of 32 channels; Adam, lr
+1e-3, batch 64.
+
+Kernels keep only their rows down to the centre (the masked rows below are dropped), and every
+convolution is 'valid': the image is padded once with zeros (``reach`` rows above, ``reach``
+columns either side) and each layer trims its own border. Position (r, c)'s logit is then a
+function of the (reach + 1) x (2 reach + 1) window of padded input ending on row r around
+column c. Three samplers draw from the likelihood's conditionals with the same uniforms: "naive"
+(the whole image through the network per pixel), "windowed" (the network on that window only) and
+"cached", the default: a layer's activation at a position depends on the rows above and on the
+pixels left of it in its own row only, so it is final once those are drawn, and each pixel step
+computes one position per layer from activations kept from earlier steps. On a loaded CPU core,
+16 samples: cached 0.9 s, windowed 4.0 s, naive 85 s; 1,000 samples (cached) about 16 s.
+
+The trap: the masks, not the architecture, make the model autoregressive. A type-B mask in the first
+layer (or a kernel row below the centre) lets each logit see its own pixel, and the training loss
+then drops to near zero while samples are noise; the tests perturb each pixel and check that no
+conditional at or before it moves.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.base import GenerativeModel
+from models.registry import register
+
+
+class CausalConv(nn.Conv2d):
+    """A k x k masked convolution kept as its top k//2 + 1 rows; 'valid' in both directions.
+
+    Output (i, j) is centred on input (i + k//2, j + k//2): the kernel's last row is the centre row,
+    masked right of the centre (type B) or from the centre on (type A)."""
+
+    def __init__(self, c_in: int, c_out: int, k: int, mask_type: str):
+        super().__init__(c_in, c_out, (k // 2 + 1, k))
+        self.half = k // 2
+        mask = torch.ones(k // 2 + 1, k)
+        mask[-1, self.half + (mask_type == "B"):] = 0.0
+        self.register_buffer("mask", mask)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight * self.mask, self.bias)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = CausalConv(channels, channels, 3, "B")
+
+    def forward(self, h):
+        # The valid convolution trims one row above and a column either side; the skip path is trimmed to match.
+        return h[:, :, 1:, 1:-1] + self.conv(torch.relu(h))
+
+
+@register("pixelcnn")
+class PixelCNN(GenerativeModel):
+    family = "autoregressive"
+    likelihood = "exact"
+    track = "binary"
+    batch_size = 64
+
+    def __init__(self, image_shape=(1, 28, 28), channels: int = 32, layers: int = 5, first_kernel: int = 7,
+                 lr: float = 1e-3):
+        super().__init__(image_shape)
+        c_in = image_shape[0]
+        if c_in != 1:
+            raise ValueError("pixelcnn models one binary channel (no colour masks)")
+        self.lr = lr
+        self.first = CausalConv(c_in, channels, first_kernel, "A")
+        self.blocks = nn.Sequential(*[ResidualBlock(channels) for _ in range(layers)])
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(), nn.Conv2d(channels, 1, 1))
+        self.reach = first_kernel // 2 + layers  # rows above (and columns either side) a logit can see
+
+    def configure_optimizers(self):
+        return [torch.optim.Adam(self.parameters(), lr=self.lr)]
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.reach
+        return F.pad(x, (r, r, r, 0))
+
+    def network(self, padded: torch.Tensor) -> torch.Tensor:
+        """Logits for a zero-padded input: reach rows and 2 reach columns fewer than it came in."""
+        return self.head(self.blocks(self.first(padded)))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logit of p(x_i = 1 | x_<i) for every pixel, N x D (teacher forcing)."""
+        return self.network(self.pad(x)).flatten(1)
+
+    def conditionals(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(x))
+
+    def nll(self, x: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(self.logits(x), x.flatten(1), reduction="none").sum(1)
+
+    @property
+    def sampling_nfe(self) -> int:
+        return self.dim
+
+    @torch.no_grad()
+    def sample(self, n: int, labels=None) -> torch.Tensor:
+        return self.sample_with_conditionals(n)[0]
+
+    @torch.no_grad()
+    def sample_with_conditionals(self, n: int, generator: torch.Generator | None = None, method: str = "cached"):
+        """Samples and the p(x_i = 1 | x_<i) the sampler used at each pixel, in raster order.
+
+        ``method``: "cached" (default; each pixel step computes one new position per layer),
+        "windowed" (the network on the pixel's window) or "naive" (the whole image per pixel). The
+        same ``generator`` state gives all three the same uniforms, hence the same samples."""
+        _, h, w = self.image_shape
+        r, device = self.reach, self.device
+        uniforms = torch.rand(n, h, w, generator=generator, device=device)
+        padded = self.pad(torch.zeros(n, 1, h, w, device=device))  # image (i, j) sits at (i + r, j + r)
+        probs = torch.empty(n, h, w, device=device)
+        if method == "cached":
+            return self._sample_cached(padded, uniforms, probs)
+        if method not in ("windowed", "naive"):
+            raise ValueError(f"unknown sampling method {method!r}: cached, windowed or naive")
+        for i in range(h):
+            for j in range(w):
+                if method == "windowed":  # the window ending on row i, centred on column j: one logit
+                    logit = self.network(padded[:, :, i:i + r + 1, j:j + 2 * r + 1])[:, 0, 0, 0]
+                else:
+                    logit = self.network(padded)[:, 0, i, j]
+                probs[:, i, j] = torch.sigmoid(logit)
+                padded[:, 0, i + r, j + r] = (uniforms[:, i, j] < probs[:, i, j]).to(padded.dtype)
+        return padded[:, :, r:, r:r + w].clone(), probs.flatten(1)
+
+    def _sample_cached(self, padded, uniforms, probs):
+        """Raster sampling that computes each layer's activation at each position once.
+
+        Layer l's output at padded (p, q) depends on the pixels of rows < p and of row p left of q
+        only, so once the pixel left of q is drawn it is final. Each layer keeps two rows (the row
+        above, final; the current one, filled left to right): a pixel step computes one position per
+        layer; each row also computes, per layer, the border positions left of the image (before the
+        row: they see no pixel of it) and right of it (after the row: they see all of it)."""
+        n, _, h, w = uniforms.shape[0], *self.image_shape
+        r = self.reach
+        convs = [self.first] + [block.conv for block in self.blocks]
+        first_half = self.first.half
+        spans = [(first_half + l, w + 2 * r - first_half - l) for l in range(len(convs))]  # valid columns per layer
+        rows = [torch.zeros(n, conv.out_channels, 2, w + 2 * r, device=padded.device) for conv in convs]
+        # The row above the image: the layers on the all-zero top padding.
+        above = self.first(padded[:, :, :r])
+        for l, conv in enumerate(convs):
+            if l > 0:
+                if l == len(convs) - 1:
+                    break  # the last layer's row above is never read
+                above = above[:, :, 1:, 1:-1] + conv(torch.relu(above))
+            rows[l][:, :, 0, spans[l][0]:spans[l][1]] = above[:, :, -1]
+
+        kernels = [conv.weight * conv.mask for conv in convs]  # masked once, not once per step
+        # One position of a layer is one product: its (c_in * kh * kw) input patch times the kernel.
+        flat_kernels = [kernel.flatten(1).T.contiguous() for kernel in kernels]
+        hidden, out = (m for m in self.head if isinstance(m, nn.Conv2d))
+
+        def compute(l: int, p: int, q0: int, q1: int):
+            """Layer l's outputs on row p, columns q0..q1-1, from its inputs' rows up to p."""
+            if q0 >= q1:
+                return
+            if l == 0:
+                patch = padded[:, :, p - first_half:p + 1, q0 - first_half:q1 + first_half]
+            else:
+                below = rows[l - 1][:, :, :, q0 - 1:q1 + 1]
+                patch = torch.relu(below)
+            if q1 - q0 == 1:
+                value = torch.addmm(convs[l].bias, patch.reshape(n, -1), flat_kernels[l])[:, :, None, None]
+            else:
+                value = F.conv2d(patch, kernels[l], convs[l].bias)
+            if l > 0:
+                value = value + below[:, :, 1:, 1:-1]
+            rows[l][:, :, 1:, q0:q1] = value
+
+        def head_logit(q: int) -> torch.Tensor:
+            features = torch.relu(F.linear(torch.relu(rows[-1][:, :, 1, q]), hidden.weight.flatten(1), hidden.bias))
+            return F.linear(features, out.weight.flatten(1), out.bias).view(n)
+
+        for i in range(h):
+            p = i + r
+            for l in range(len(convs)):
+                compute(l, p, spans[l][0], r)
+            for j in range(w):
+                q = j + r
+                for l in range(len(convs)):
+                    compute(l, p, q, q + 1)
+                probs[:, i, j] = torch.sigmoid(head_logit(q))
+                padded[:, 0, p, q] = (uniforms[:, i, j] < probs[:, i, j]).to(padded.dtype)
+            for l in range(len(convs)):
+                compute(l, p, r + w, spans[l][1])
+            for row in rows:  # row p becomes the row above, once every layer has read its own row above
+                row[:, :, 0] = row[:, :, 1]
+        return padded[:, :, r:, r:r + w].clone(), probs.flatten(1)
+
+    @torch.no_grad()
+    def self_checks(self, x_test: torch.Tensor) -> list[dict]:
+        x, sampler_probs = self.sample_with_conditionals(16, generator=torch.Generator(self.device).manual_seed(0))
+        gap = (self.conditionals(x) - sampler_probs).abs().max().item()
+        return [{"check": "pixelcnn sampler conditionals = likelihood conditionals", "passed": gap <= 1e-5,
+                 "value": gap, "tolerance": 1e-5,
+                 "detail": "max gap in p(x_i=1|x_<i), cached sampler vs teacher-forced pass, 16 fresh samples"}]
