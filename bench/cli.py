@@ -209,9 +209,33 @@ def cmd_baseline(args) -> int:
 
 
 def cmd_scaling(args) -> int:
-    from bench import scaling
+    """Measure, write the files into --out; a run's folder as --out gains the section in its report."""
+    from datetime import datetime
+    from pathlib import Path
 
-    return scaling.main(args)
+    from bench import scaling
+    from bench.runner import resolve_device
+    from bench.scaling_tables import markdown_lines
+    from bench.suite import resolve_models
+
+    names = resolve_models(args.models, run_all=not args.models)
+    if not args.sizes or any(s < 2 for s in args.sizes):
+        raise UserError(f"--sizes must be image sides of at least 2 pixels, e.g. 8,14,28; got {args.sizes}")
+    batches = [args.batch] if isinstance(args.batch, int) else list(args.batch)
+    if not batches or any(b < 1 for b in batches):
+        raise UserError(f"--batch must be positive batch sizes, e.g. 1,1024; got {args.batch}")
+    out = Path(args.out) if args.out else Path("results") / datetime.now().strftime("scaling-%Y%m%d-%H%M%S")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: give a folder")
+    timings, fits, skipped, meta = scaling.study_into(out, names, resolve_device(args.device), list(args.sizes),
+                                                      batches)
+    print("\n".join(markdown_lines(timings, fits, skipped, meta)))
+    if (out / "metrics.csv").exists():
+        from bench import report
+        report.render(out)
+    print(f"scaling: {out}/ (scaling.csv, scaling_fit.csv, scaling.md, scaling.png, scaling_roofline.png)")
+    print(f"wall time: {meta['wall_seconds']}s")
+    return 0
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "compare": cmd_compare,

@@ -217,7 +217,7 @@ def quality_against_cost(costs: pd.DataFrame, path: Path) -> Path | None:
 def scaling(timings: pd.DataFrame, fits: pd.DataFrame, path: Path) -> Path | None:
     """Milliseconds per sample against D (log-log), one panel per asked batch: measured points, the
     fitted line, slope in the legend."""
-    from bench.scaling import asked_batch
+    from bench.scaling_tables import asked_batch
 
     if timings.empty:
         return None
@@ -252,7 +252,7 @@ def scaling_roofline(timings: pd.DataFrame, path: Path) -> Path | None:
     (FLOPs per sample) against sequential depth (NFE per sample), one point per (model, size)."""
     if timings.empty or "roofline_fraction" not in timings.columns or not timings["roofline_fraction"].gt(0).any():
         return None
-    from bench.scaling import asked_batch
+    from bench.scaling_tables import asked_batch
 
     asked = asked_batch(timings)
     models = list(dict.fromkeys(timings["model"]))

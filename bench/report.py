@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import metrics as metric_registry
-from bench import plots, results, scaling
+from bench import plots, results, scaling_tables
 
 DATA_MODEL = plots.DATA_MODEL
 PREFERRED_BATCH = 256  # samples/s is quoted at this batch, else at the largest one measured
@@ -438,19 +438,19 @@ def grid_caption(stem: str, run: Run) -> str:
 
 
 def scaling_blocks(run: Run) -> list[Block]:
-    study = scaling.load_study(run.folder)
+    study = scaling_tables.load_study(run.folder)
     if study is None:
         return []
     timings, fits, skipped, meta = study
-    blocks = [h2("Sampling cost against image size"), para(scaling.describe(meta))]
+    blocks = [h2("Sampling cost against image size"), para(scaling_tables.describe(meta))]
     if not timings.empty:
-        blocks.append(table(scaling.scaling_table(timings, fits)))
+        blocks.append(table(scaling_tables.scaling_table(timings, fits)))
         path = plots.scaling(timings, fits, run.folder / "plots" / "scaling.png")
         blocks += [images([(f"plots/{path.name}", "Seconds per sample against D (log-log) at each batch, "
                                                   "fitted slope per model.")])]
-        roof, work = scaling.roofline_table(timings), scaling.depth_work_table(timings)
+        roof, work = scaling_tables.roofline_table(timings), scaling_tables.depth_work_table(timings)
         if not roof.empty:
-            blocks += [h3("Roofline, depth and work"), para(scaling.describe_roofline(meta)), table(roof)]
+            blocks += [h3("Roofline, depth and work"), para(scaling_tables.describe_roofline(meta)), table(roof)]
         if not work.empty:
             blocks.append(table(work))
         path = plots.scaling_roofline(timings, run.folder / "plots" / "scaling_roofline.png")
@@ -458,9 +458,9 @@ def scaling_blocks(run: Run) -> list[Block]:
             blocks.append(images([(f"plots/{path.name}", "Left: fraction of the measured GEMM rate against D. "
                                                          "Right: FLOPs per sample against NFE per sample.")]))
     if not skipped.empty:
-        blocks += [para("Skipped (not measured):"), bullets(scaling.skip_text(r) for r in skipped.itertuples())]
+        blocks += [para("Skipped (not measured):"), bullets(scaling_tables.skip_text(r) for r in skipped.itertuples())]
     blocks += [para("Why the measured models' sampling cost is that of trained ones, by family:"),
-               bullets(scaling.family_notes(timings["family"]))]
+               bullets(scaling_tables.family_notes(timings["family"]))]
     return blocks
 
 
