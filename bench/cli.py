@@ -197,15 +197,42 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from pathlib import Path
+
     from bench import compare
 
-    return compare.main(args)
+    if args.output and Path(args.output).is_dir():
+        raise UserError(f"--output {args.output} is a folder: give a file path, e.g. {Path(args.output) / 'compare.xml'}")
+    baseline = compare.read_baseline(args.baseline)
+    rows = compare.compare(args.run_dir, baseline, list(args.tolerance or []))
+    summary = compare.summary_line(rows)
+    header = (f"compare {args.run_dir} with {args.baseline} (dataset {baseline.get('dataset')}, budget "
+              f"{baseline.get('budget')}, seeds {baseline.get('seeds')}, baseline commit {baseline.get('git_commit')})")
+    notes = compare.context_notes(baseline, compare.load_run(args.run_dir)[0])
+    note = ("note: " + "; ".join(notes) + " (last digits may differ)") if notes else ""
+    text = "\n".join(filter(None, [header, note, compare.render(rows), summary])) + "\n"
+    formatted = {"text": lambda: text, "junit": lambda: compare.to_junit(rows),
+                 "markdown": lambda: compare.to_markdown(rows, summary),
+                 "json": lambda: compare.to_json(rows, summary)}[args.format]()
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(formatted)
+        print(text, end="")  # the human-readable table still goes to the log
+        print(f"{args.format} written to {args.output}")
+    else:
+        print(formatted, end="")
+    return 1 if any(r.verdict == "regressed" for r in rows) else 0
 
 
 def cmd_baseline(args) -> int:
     from bench import compare
 
-    return compare.write_baseline_cli(args)
+    out = compare.write_baseline(args.run_dir, args.out)
+    baseline = compare.read_baseline(out)
+    n = sum(len(v) for v in baseline["values"].values())
+    print(f"baseline: {out} ({len(baseline['values'])} models, {n} values; dataset {baseline['dataset']}, "
+          f"budget {baseline['budget']}, seeds {baseline['seeds']}, device {baseline['device']})")
+    return 0
 
 
 def cmd_scaling(args) -> int:

@@ -1,11 +1,10 @@
-"""``bench compare`` output for CI systems: JUnit XML, a Markdown job summary, JSON.
-
-Every format carries the same judged rows (``bench.compare.Row``): one per (model, metric[, batch]).
+"""``bench compare`` output: the text table for people, and JUnit XML, a Markdown job summary and JSON
+for CI systems. Every format carries the same judged rows, one per (model, metric[, batch]).
 
 - ``junit``: one test suite per model, one test case per (model, metric[, batch]); a regression is a
-  ``<failure>``, a metric shown but never gated (or present on one side only) passes with its verdict in
-  ``system-out``. Jenkins, GitLab, GitHub (through a JUnit action) and most CI systems render it.
-- ``markdown``: the verdict line and a table with regressions first, fit for ``$GITHUB_STEP_SUMMARY``.
+  ``<failure>``; a metric shown but never gated, or present on one side only, passes with its verdict
+  in ``system-out``. Jenkins, GitLab and GitHub (through a JUnit action) render it.
+- ``markdown``: the verdict line and the table with regressions first, fit for ``$GITHUB_STEP_SUMMARY``.
 - ``json``: ``{"verdict", "summary", "rows": [...]}`` for scripts.
 """
 from __future__ import annotations
@@ -14,6 +13,39 @@ import json
 import math
 import xml.etree.ElementTree as ET
 from dataclasses import asdict
+
+from bench.compare.judge import Row
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if math.isnan(value):
+        return "nan"
+    return f"{value:,.0f}" if abs(value) >= 1e5 else f"{value:.6g}"
+
+
+def render(rows: list[Row]) -> str:
+    from tabulate import tabulate
+
+    table = [[r.model, r.metric, "" if r.batch is None else r.batch, _fmt(r.baseline), _fmt(r.current),
+              r.change, r.tolerance, r.verdict.upper() if r.verdict == "regressed" else r.verdict]
+             for r in rows]
+    return tabulate(table, headers=["model", "metric", "batch", "baseline", "current", "change", "tolerance",
+                                    "verdict"], tablefmt="github", disable_numparse=True)
+
+
+def summary_line(rows: list[Row]) -> str:
+    counts = {v: sum(r.verdict == v for r in rows) for v in ("regressed", "improved", "added", "removed")}
+    text = ", ".join(f"{n} {v}" for v, n in counts.items() if n) or "no changes beyond tolerance"
+    regressed = [r for r in rows if r.verdict == "regressed"]
+    if regressed:
+        names = "; ".join(f"{r.model} {r.metric}" + (f"@{r.batch}" if r.batch is not None else "")
+                          for r in regressed)
+        return f"REGRESSION: {text}. Regressed: {names}"
+    return f"ok: {text}"
+
 
 FORMATS = ("text", "junit", "markdown", "json")
 _VERDICT_ORDER = {"regressed": 0, "removed": 1, "added": 2, "improved": 3, "ok": 4, "info": 5}
@@ -50,11 +82,11 @@ def to_junit(rows, title: str = "genbench compare") -> str:
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
-def to_markdown(rows, summary: str, render_table) -> str:
-    """``render_table`` is ``bench.compare.render`` (a GitHub table); regressions are listed first."""
+def to_markdown(rows, summary: str) -> str:
+    """The verdict and the GitHub table, regressions first."""
     ordered = sorted(rows, key=lambda r: _VERDICT_ORDER.get(r.verdict, 9))
     icon = ":x:" if summary.startswith("REGRESSION") else ":white_check_mark:"
-    return f"### genbench regression gate\n\n{icon} {summary}\n\n{render_table(ordered)}\n"
+    return f"### genbench regression gate\n\n{icon} {summary}\n\n{render(ordered)}\n"
 
 
 def to_json(rows, summary: str) -> str:
