@@ -138,6 +138,8 @@ METRICS = {
     "is": ("", "inception score from the evaluation classifier's logits"),
     "precision": ("fraction", "improved precision (k-NN manifold) of samples"),
     "recall": ("fraction", "improved recall (k-NN manifold) of samples"),
+    "fid_inf": ("", "FID extrapolated to infinitely many samples (Chong & Forsyth 2020): fit FID_N = FID_inf + k/N"),
+    "copy_rate": ("fraction", "samples closer to a training image than 99% of held-out real images are"),
     "class_accuracy": ("fraction", "conditional models: classifier agrees with the requested label"),
     "sample_throughput": ("samples/s", "sampling speed at the batch size in the `batch` column"),
     "sampling_nfe": ("evaluations", "sequential network evaluations one sample costs"),

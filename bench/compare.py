@@ -77,6 +77,8 @@ DEFAULT_RULES: dict[str, Rule] = {
     "test_bpd": _LIKELIHOOD,
     "test_nll": _LIKELIHOOD,
     "fid": _SAMPLE_DISTANCE,
+    "fid_inf": _SAMPLE_DISTANCE,
+    "copy_rate": Rule("lower", abs=0.05),
     "kid": Rule("lower", rel=0.25, abs=0.01),
     "is": Rule("higher", rel=0.10),
     "precision": _FRACTION,
