@@ -315,7 +315,11 @@ def model_rows(model, data, device, job, outcome) -> list[dict]:
                            reference_description(data, model.track))
         if model.conditional and labels is not None:
             rows.append(class_accuracy_row(samples, labels, classifier))
-        rows += trust_rows(samples, reference, values, rows, classifier, data, job, outcome)
+        try:
+            rows += trust_rows(samples, reference, values, rows, classifier, data, model, job, outcome)
+        except Exception as exc:  # noqa: BLE001 - the sample-quality rows above stand
+            outcome.notes.append(f"intervals, fid_inf or copy_rate failed: {type(exc).__name__}: {exc}")
+            outcome.info["trust_traceback"] = traceback.format_exc()
         return rows
     except Exception as exc:  # noqa: BLE001 - recorded on the job, the likelihood rows stand
         outcome.notes.append(f"sample quality failed: {type(exc).__name__}: {exc}")
@@ -357,12 +361,13 @@ def uncertainty_rows(fa, fb, values: dict, rows: list[dict]) -> list[dict]:
     return [measure.row("fid_inf", value, "", "estimate", note=note)]
 
 
-def trust_rows(samples, reference, values, rows, classifier, data, job, outcome) -> list[dict]:
+def trust_rows(samples, reference, values, rows, classifier, data, model, job, outcome) -> list[dict]:
     """After the sample-quality rows: intervals, fid_inf, copy_rate with its figure, and the FID check."""
     from bench import checks, memorisation
 
     out = Path(job.out)
-    fa, fb = stored_features(samples, reference, classifier, out, job.key)
+    key = getattr(job, "key", None) or f"{model.name}__{data.name}__seed{job.seed}"
+    fa, fb = stored_features(samples, reference, classifier, out, key)
     extra = uncertainty_rows(fa, fb, values, rows)
     outcome.info.setdefault("checks", []).append(checks.fid_recompute_check(values["fid"], fa, fb))
     train = data.train_images
@@ -370,7 +375,7 @@ def trust_rows(samples, reference, values, rows, classifier, data, job, outcome)
     verdict = memorisation.copy_rate(samples, torch.from_numpy(fa), train, train_features, reference,
                                      torch.from_numpy(fb))
     extra.append(measure.row("copy_rate", verdict.rate, "fraction", "estimate", note=verdict.describe()))
-    figure = out / "memorisation" / f"{job.key}.png"
+    figure = out / "memorisation" / f"{key}.png"
     memorisation.save_neighbour_figure(samples, train, verdict, figure)
     outcome.info["copy_figure"] = str(figure.relative_to(out))
     return extra
