@@ -538,9 +538,9 @@ def interval_table(metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, seed): each sample-quality figure with its interval."""
     wanted = metrics[metrics["metric"].isin([m for m, _ in INTERVAL_METRICS])]
     rows = []
-    for (model, seed), group in wanted.groupby(["model", "seed"], sort=False):
+    for (model, track, seed), group in wanted.groupby(["model", "track", "seed"], sort=False):
         by_metric = {r["metric"]: r for _, r in group.iterrows()}
-        rows.append({"model": model, "seed": str(seed),
+        rows.append({"model": model, "track": track, "seed": str(seed),
                      **{title: interval_cell(by_metric[m], m) if m in by_metric else "-"
                         for m, title in INTERVAL_METRICS}})
     return pd.DataFrame(rows)
@@ -554,7 +554,7 @@ UNCERTAINTY_NOTES = [
     "FID on random subsets of both sets at several sizes N, the line FID_N = FID_inf + k/N fitted, the "
     "intercept reported. FID itself is biased upwards by about k/N, so FIDs at different N do not compare; "
     "FID_inf does, up to its fit.",
-    "copy rate: fraction of samples (at most 1,000) judged copies of training images: nearer to a training "
+    "copy rate: fraction of samples (at most 500) judged copies of training images: nearer to a training "
     "image than the 1% quantile of held-out real images' nearest-training distances, in pixels (L2, "
     "minimised over +-1 pixel shifts) or in classifier features (after Meehan et al. 2020). Held-out real "
     "images score about 0.02 by construction; a model returning its training images scores near 1. On the "
@@ -575,7 +575,8 @@ def check_rows(run: Run) -> pd.DataFrame:
         for c in (outcome.get("info") or {}).get("checks", []):
             rows.append({"model": outcome["job"]["model"], "seed": str(outcome["job"]["seed"]),
                          "check": c["check"], "result": "pass" if c["passed"] else "FAIL",
-                         "value": f"{c['value']:.3g}", "tolerance": f"{c['tolerance']:.3g}", "detail": c["detail"]})
+                         "value": f"{c['value']:.3g}", "tolerance": f"{c['tolerance']:.3g}",
+                         "detail": c["detail"].replace("|", "/")})  # a pipe would split a markdown cell
     return pd.DataFrame(rows)
 
 

@@ -93,4 +93,5 @@ class FVSBN(GenerativeModel):
         tolerance = 1e-5
         return [{"check": "sampler_matches_likelihood", "passed": gap <= tolerance, "value": gap,
                  "tolerance": tolerance,
-                 "detail": "max |p_sampler(x_i=1|x_<i) - p_likelihood(x_i=1|x_<i)| over 16 fresh samples"}]
+                 "detail": "largest absolute difference between the probabilities p(x_i = 1 given x_<i) the sampler "
+                           "drew 16 fresh samples with and the likelihood's on those samples"}]
