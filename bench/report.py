@@ -100,8 +100,9 @@ def load_run(run_dir: Path) -> Run:
 
 
 # --- cells -----------------------------------------------------------------------------------------
-DECIMALS = {"fid_inf": 2, "copy_rate": 3, "test_bpd": 3, "test_bpd_iwae": 3, "test_nll": 2, "test_nll_iwae": 2, "fid": 2, "is": 2, "kid": 4,
+DECIMALS = {"test_bpd": 3, "test_bpd_iwae": 3, "test_nll": 2, "test_nll_iwae": 2, "fid": 2, "is": 2, "kid": 4,
             "precision": 3, "recall": 3, "class_accuracy": 3, "sampling_nfe": 0, "peak_memory": 0, "params": 0}
+DECIMALS |= {"fid_inf": 2, "copy_rate": 3}  # bench.uncertainty, bench.memorisation
 
 
 def _decimals(metric: str, mean: float) -> int:

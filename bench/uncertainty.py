@@ -11,7 +11,8 @@ bootstrap 95% intervals.
   replacement and recomputes the metric. The interval is the bootstrap's 2.5-97.5 percentile spread
   re-centred on the reported figure (the replicates' mean moved onto it): the sampling variability of
   the figure at this sample count, what a rerun with fresh samples and fresh reference images would
-  give. It is not an interval for the infinite-sample value (FID's bias is k/N; see ``fid_inf``). Duplicated points are handled as the same point
+  give. It is not an interval for the infinite-sample value (FID's bias is k/N; see ``fid_inf``).
+  Duplicated points are handled as the same point
   where a metric compares points with each other: KID's unbiased kernel sums skip pairs of copies
   (like its diagonal), and a k-NN radius (precision/recall) skips the point's own copies but counts
   other points with their multiplicity.

@@ -176,4 +176,5 @@ class RealNVP(GenerativeModel):
         gap = (self._from_logit(self.inverse_flow(latent)) - y).abs().max().item()
         tolerance = 1e-4  # in [0, 1] pixel units: 1/40 of one 8-bit grey level
         return [{"check": "inverse_of_forward", "passed": gap <= tolerance, "value": gap, "tolerance": tolerance,
-                 "detail": f"largest absolute difference inverse(forward(y)) - y over {len(y)} test images, y in [0, 1]"}]
+                 "detail": f"largest absolute difference inverse(forward(y)) - y over {len(y)} test images, "
+                           f"y in [0, 1]"}]
