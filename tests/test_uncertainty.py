@@ -23,6 +23,7 @@ def test_fid_kid_precision_recall_equal_torch_fidelity():
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     fid = fid_statistics_to_metric(fid_features_to_statistics(ta), fid_features_to_statistics(tb), False)
     assert uncertainty.frechet_distance(a, b) == pytest.approx(fid["frechet_inception_distance"], rel=1e-6)
+    assert uncertainty.frechet_distance_fast(a, b) == pytest.approx(fid["frechet_inception_distance"], rel=1e-6)
     kid = kid_features_to_metric(ta, tb, kid_subsets=4, kid_subset_size=300, verbose=False, rng_seed=2020,
                                  kid_kernel="poly", kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None,
                                  kid_kernel_poly_coef0=1)
@@ -39,6 +40,11 @@ def test_counts_of_ones_are_the_plain_metrics_and_copies_are_not_neighbours():
     a, b = relu_features(1, n=200, d=8)
     prc = uncertainty.PrecisionRecall(a, b, 3)
     assert prc(np.ones(200), np.ones(200)) == prc()
+    # The radii's shortcut (the nearest few neighbours) against the full cumulative count.
+    counts = np.random.default_rng(2).multinomial(200, np.full(200, 1 / 200)).astype(float)
+    radii = prc.real_radii.radii(counts)
+    full = np.cumsum(counts[prc.real_radii.order], axis=1) >= 3
+    assert np.array_equal(radii, prc.real_radii.sorted[np.arange(200), full.argmax(1)])
     # Two copies of every point: a point's own copy is no neighbour, and every other point counts twice,
     # so the 3rd neighbour counted with multiplicity is the 2nd distinct one.
     distances = uncertainty.pairwise_distances(b, b)
