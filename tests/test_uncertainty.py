@@ -75,7 +75,7 @@ def test_fid_inf_is_closer_to_the_true_distance_than_fid_at_small_n():
 
 
 def test_bootstrap_interval_covers_the_expected_figure():
-    """Known truth: E[FID_N] and E[precision] at this N, from 400 independent draws; each of 50 simulated
+    """Known truth: E[FID_N], E[KID] and E[precision] at this N, from independent draws; each of 50 simulated
     runs' intervals should cover it about 95% of the time."""
     rng = np.random.default_rng(4)
     d, n = 4, 150
@@ -86,15 +86,18 @@ def test_bootstrap_interval_covers_the_expected_figure():
 
     truth_fid = np.mean([uncertainty.frechet_distance(*draw()) for _ in range(400)])
     truth_kid = np.mean([uncertainty.kid(*draw(), subset_size=n, subsets=1) for _ in range(200)])
-    covered = {"fid": 0, "kid": 0}
+    truth_precision = np.mean([uncertainty.precision_recall(*draw())[0] for _ in range(200)])
+    covered = {"fid": 0, "kid": 0, "precision": 0}
     runs = 50
     for i in range(runs):
         a, b = draw()
         intervals = uncertainty.bootstrap_intervals(a, b, replicates=100, seed=i)
         covered["fid"] += intervals["fid"][0] <= truth_fid <= intervals["fid"][1]
         covered["kid"] += intervals["kid"][0] <= truth_kid <= intervals["kid"][1]
+        covered["precision"] += intervals["precision"][0] <= truth_precision <= intervals["precision"][1]
     assert covered["fid"] / runs >= 0.8, covered
     assert covered["kid"] / runs >= 0.8, covered
+    assert covered["precision"] / runs >= 0.8, covered
 
 
 def test_an_uncentred_interval_would_miss_fid():
