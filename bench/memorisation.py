@@ -16,13 +16,13 @@ copies scores near 1.
 
 Limit, binary track: samples and held-out images are binary, the training images grey. A fresh random
 binarization of a training image lies about as far from it as a different digit does (on mnist5k only
-~18% of such draws are flagged), so on the binary track copy_rate catches copies of a fixed
+16% of such draws are flagged, 7-8% when also shifted by a pixel), so on the binary track copy_rate catches copies of a fixed
 binarization, not a model that reproduces training digits with new binarization noise.
 
 The one trap: searching only near neighbours by unshifted pixels (or a blur, or the features) misses
 a third of the copies moved diagonally by a pixel; the shift search is exhaustive (9 N x N_train matrix
-products), so samples are capped at ``MAX_SAMPLES`` (seconds on mnist5k; about a minute per job against
-60,000 MNIST training images on one CPU core).
+products), so samples are capped at ``MAX_SAMPLES`` (seconds on mnist5k; 15 times more against the
+60,000 MNIST training images, an estimate, not measured).
 """
 from __future__ import annotations
 
