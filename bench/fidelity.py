@@ -278,6 +278,8 @@ def prepare_run(config: dict, data, device, out, progress: bool = True) -> list[
         outcome.notes += notes
         outcome.rows = metric_rows(values, classifier, f"real training images (random, seed 0, {track} track)",
                                    reference_description(data, track))
+        features = stored_features(samples, reference, classifier, out, f"data__{data.name}__{track}")
+        outcome.rows += uncertainty_rows(*features, values, outcome.rows)
         outcome.wall_seconds = time.perf_counter() - start
         _save(outcome, out, track)
         outcomes.append(asdict(outcome))
@@ -311,8 +313,67 @@ def model_rows(model, data, device, job, outcome) -> list[dict]:
                            reference_description(data, model.track))
         if model.conditional and labels is not None:
             rows.append(class_accuracy_row(samples, labels, classifier))
+        try:
+            rows += trust_rows(samples, reference, values, rows, classifier, data, model, job, outcome)
+        except Exception as exc:  # noqa: BLE001 - the sample-quality rows above stand
+            outcome.notes.append(f"intervals, fid_inf or copy_rate failed: {type(exc).__name__}: {exc}")
+            outcome.info["trust_traceback"] = traceback.format_exc()
         return rows
     except Exception as exc:  # noqa: BLE001 - recorded on the job, the likelihood rows stand
         outcome.notes.append(f"sample quality failed: {type(exc).__name__}: {exc}")
         outcome.info["fidelity_traceback"] = traceback.format_exc()
         return []
+
+
+# --- uncertainty, memorisation and the FID check (bench.uncertainty, bench.memorisation) ---------------
+def stored_features(samples, reference, classifier: TrainedClassifier, out, key: str):
+    """Penultimate features of samples and reference as numpy arrays, saved to features/<key>.npz (the
+    bootstrap, FID_inf and the FID check all read these; nothing is extracted twice)."""
+    import numpy as np
+
+    fa = extract(classifier, samples)[0].numpy()
+    fb = extract(classifier, reference)[0].numpy()
+    path = Path(out) / "features" / f"{key}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, samples=fa, reference=fb)
+    return fa, fb
+
+
+def uncertainty_rows(fa, fb, values: dict, rows: list[dict]) -> list[dict]:
+    """Bootstrap 95% intervals onto the FID, KID, precision and recall rows (``ci_low``, ``ci_high``), and
+    the fid_inf row."""
+    from bench import uncertainty
+
+    estimates = {m: values[m] for m in ("fid", "kid", "precision", "recall")}
+    intervals = uncertainty.bootstrap_intervals(fa, fb, estimates, k=values["prc_neighborhood"])
+    capped = max(len(fa), len(fb)) > uncertainty.BOOTSTRAP_MAX_POINTS
+    for r in rows:
+        if r["metric"] in intervals:
+            r["ci_low"], r["ci_high"] = intervals[r["metric"]]
+            r["note"] = r.get("note", "") + (f"; 95% bootstrap interval ({uncertainty.BOOTSTRAP_REPLICATES} "
+                                             f"replicates{', on a capped subset' if capped else ''})")
+    value, fit = uncertainty.fid_inf(fa, fb)
+    note = (f"FID extrapolated to infinitely many samples and reference images (Chong & Forsyth 2020): "
+            f"line FID_N = FID_inf + k/N fitted over N = {fit['sizes'][0]}..{fit['sizes'][-1]} "
+            f"(k = {fit['slope']:.3g})")
+    return [measure.row("fid_inf", value, "", "estimate", note=note)]
+
+
+def trust_rows(samples, reference, values, rows, classifier, data, model, job, outcome) -> list[dict]:
+    """After the sample-quality rows: intervals, fid_inf, copy_rate with its figure, and the FID check."""
+    from bench import checks, memorisation
+
+    out = Path(job.out)
+    key = getattr(job, "key", None) or f"{model.name}__{data.name}__seed{job.seed}"
+    fa, fb = stored_features(samples, reference, classifier, out, key)
+    extra = uncertainty_rows(fa, fb, values, rows)
+    outcome.info.setdefault("checks", []).append(checks.fid_recompute_check(values["fid"], fa, fb))
+    train = data.train_images
+    train_features = extract(classifier, train)[0]
+    verdict = memorisation.copy_rate(samples, torch.from_numpy(fa), train, train_features, reference,
+                                     torch.from_numpy(fb))
+    extra.append(measure.row("copy_rate", verdict.rate, "fraction", "estimate", note=verdict.describe()))
+    figure = out / "memorisation" / f"{key}.png"
+    memorisation.save_neighbour_figure(samples, train, verdict, figure)
+    outcome.info["copy_figure"] = str(figure.relative_to(out))
+    return extra

@@ -95,6 +95,11 @@ declare("test_nll_iwae", "nats", LIKELIHOOD, "importance-weighted NLL estimate (
 declare("test_bpd_iwae", "bits/dim", LIKELIHOOD, "importance-weighted estimate in bits/dim (VAE)", 3)
 # --- sample quality ---------------------------------------------------------------------------------
 declare("fid", "", SAMPLE_DISTANCE, "Frechet distance of evaluation-classifier features, samples vs the reference set", 2)
+declare("fid_inf", "", SAMPLE_DISTANCE, "FID extrapolated to infinitely many samples (Chong & Forsyth 2020): "
+        "fit FID_N = FID_inf + k/N over subsets", 2)
+declare("copy_rate", "fraction", Rule("lower", abs=0.05),
+        "samples closer to a training image than 99% of held-out real images are (pixels with +-1 shifts, "
+        "or classifier features)", 3)
 declare("kid", "", Rule("lower", rel=0.25, abs=0.01), "kernel inception distance on the same features", 4)
 declare("is", "", Rule("higher", rel=0.10), "inception score from the evaluation classifier's logits", 2)
 declare("precision", "fraction", FRACTION, "improved precision (k-NN manifold) of samples", 3)

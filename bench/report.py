@@ -92,7 +92,11 @@ def load_run(run_dir: Path) -> Run:
     config = results.read_json(folder / "config.json") if (folder / "config.json").exists() else {}
     info = {}
     for outcome in results.load_outcomes(folder):
-        info.setdefault(outcome["job"]["model"], {}).update(outcome.get("info") or {})
+        entry = info.setdefault(outcome["job"]["model"], {})
+        checks = entry.get("checks", []) + (outcome.get("info") or {}).get("checks", [])  # every seed's
+        entry.update(outcome.get("info") or {})
+        if checks:
+            entry["checks"] = checks
     return Run(folder, metrics, summary, jobs, curves, config, info)
 
 
@@ -190,8 +194,8 @@ def model_order(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 # --- the summary table -------------------------------------------------------------------------------
-SUMMARY_COLUMNS = [("fid", "FID"), ("is", "IS"), ("kid", "KID"), ("precision", "precision"),
-                   ("recall", "recall"), ("class_accuracy", "class acc.")]
+SUMMARY_COLUMNS = [("fid", "FID"), ("fid_inf", "FID_inf"), ("is", "IS"), ("kid", "KID"), ("precision", "precision"),
+                   ("recall", "recall"), ("class_accuracy", "class acc."), ("copy_rate", "copy rate")]
 COST_COLUMNS = [("sampling_nfe", "NFE / sample"), ("train_seconds", "train s"), ("peak_memory", "peak MiB"),
                 ("params", "params")]
 OPTIONAL_TITLES = {title for _, title in SUMMARY_COLUMNS}
@@ -217,11 +221,12 @@ def summary_table(summary: pd.DataFrame, metrics: pd.DataFrame, info: dict | Non
                "likelihood": "-" if row["model"] == DATA_MODEL else (kind or "none"), "seeds": str(n),
                "bits/dim": bpd_cell(row, kind, n)}
         out.update({title: cell(row, key, n) for key, title in SUMMARY_COLUMNS})
+        out["checks"] = checks_cell(info.get(row["model"], {}).get("checks"))
         out[f"samples/s (batch {PREFERRED_BATCH})"] = throughput_cell(row, n)
         out.update({title: cell(row, key, n) for key, title in COST_COLUMNS})
         rows.append(out)
     table = pd.DataFrame(rows)
-    empty = [c for c in OPTIONAL_TITLES if c in table and (table[c] == "-").all()]
+    empty = [c for c in OPTIONAL_TITLES | {"checks"} if c in table and (table[c] == "-").all()]
     return table.drop(columns=empty)
 
 
@@ -510,8 +515,102 @@ def _flat(value) -> str:
 
 
 def report_blocks(run: Run) -> list[Block]:
-    return (header_blocks(run) + summary_blocks(run) + likelihood_blocks(run) + plot_blocks(run)
-            + sample_blocks(run) + scaling_blocks(run) + jobs_blocks(run) + config_blocks(run))
+    return (header_blocks(run) + summary_blocks(run) + likelihood_blocks(run) + uncertainty_blocks(run)
+            + checks_blocks(run) + plot_blocks(run) + sample_blocks(run) + memorisation_blocks(run)
+            + scaling_blocks(run) + jobs_blocks(run) + config_blocks(run))
+
+
+# --- uncertainty, memorisation and self-checks -------------------------------------------------------
+INTERVAL_METRICS = [("fid", "FID"), ("fid_inf", "FID_inf"), ("kid", "KID"), ("precision", "precision"),
+                    ("recall", "recall"), ("copy_rate", "copy rate")]
+
+
+def checks_cell(checks: list[dict] | None) -> str:
+    """Summary column: 'pass (n)' when every self-check passed, else 'FAIL: names'."""
+    if not checks:
+        return "-"
+    failed = sorted({c["check"] for c in checks if not c["passed"]})
+    return f"FAIL: {', '.join(failed)}" if failed else f"pass ({len(checks)})"
+
+
+def interval_cell(row, metric: str) -> str:
+    """'12.3 [11.1, 13.6]': the figure and its 95% bootstrap interval, when one was stored."""
+    decimals = _decimals(metric, row["value"])
+    text = f"{row['value']:,.{decimals}f}"
+    low, high = row.get("ci_low"), row.get("ci_high")
+    if low is not None and high is not None and pd.notna(low) and pd.notna(high):
+        text += f" [{low:,.{decimals}f}, {high:,.{decimals}f}]"
+    return text
+
+
+def interval_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, seed): each sample-quality figure with its interval."""
+    wanted = metrics[metrics["metric"].isin([m for m, _ in INTERVAL_METRICS])]
+    rows = []
+    for (model, track, seed), group in wanted.groupby(["model", "track", "seed"], sort=False):
+        by_metric = {r["metric"]: r for _, r in group.iterrows()}
+        rows.append({"model": model, "track": track, "seed": str(seed),
+                     **{title: interval_cell(by_metric[m], m) if m in by_metric else "-"
+                        for m, title in INTERVAL_METRICS}})
+    return pd.DataFrame(rows)
+
+
+UNCERTAINTY_NOTES = [
+    "[low, high]: 95% bootstrap interval (samples' and reference features resampled with replacement, "
+    "100 replicates, percentile spread re-centred on the figure): how much the figure would move with fresh "
+    "samples and fresh reference images at the same sample count.",
+    "FID_inf: FID extrapolated to infinitely many samples and reference images (Chong & Forsyth 2020): "
+    "FID on random subsets of both sets at several sizes N, the line FID_N = FID_inf + k/N fitted, the "
+    "intercept reported. FID itself is biased upwards by about k/N, so FIDs at different N do not compare; "
+    "FID_inf does, up to its fit.",
+    "copy rate: fraction of samples (at most 500) judged copies of training images: nearer to a training "
+    "image than the 1% quantile of held-out real images' nearest-training distances, in pixels (L2, "
+    "minimised over +-1 pixel shifts) or in classifier features (after Meehan et al. 2020). Held-out real "
+    "images score about 0.02 by construction; a model returning its training images scores near 1. On the "
+    "binary track it catches copies of one binarization, not a digit redrawn with new binarization noise.",
+]
+
+
+def uncertainty_blocks(run: Run) -> list[Block]:
+    frame = interval_table(run.metrics)
+    if frame.empty:
+        return []
+    return [h2("Sample quality with uncertainty, and memorisation"), table(frame), bullets(UNCERTAINTY_NOTES)]
+
+
+def check_rows(run: Run) -> pd.DataFrame:
+    rows = []
+    for outcome in results.load_outcomes(run.folder):
+        for c in (outcome.get("info") or {}).get("checks", []):
+            rows.append({"model": outcome["job"]["model"], "seed": str(outcome["job"]["seed"]),
+                         "check": c["check"], "result": "pass" if c["passed"] else "FAIL",
+                         "value": f"{c['value']:.3g}", "tolerance": f"{c['tolerance']:.3g}",
+                         "detail": c["detail"].replace("|", "/")})  # a pipe would split a markdown cell
+    return pd.DataFrame(rows)
+
+
+def checks_blocks(run: Run) -> list[Block]:
+    frame = check_rows(run)
+    if frame.empty:
+        return [h2("Checks"), para("No run-time self-checks stored with this run.")]
+    failed = frame[frame["result"] == "FAIL"]
+    head = (f"All {len(frame)} run-time checks passed." if failed.empty else
+            f"{len(failed)} of {len(frame)} run-time checks FAILED (marked in the summary's checks column); "
+            "a failed check means that model's figures may not measure what their labels say.")
+    return [h2("Checks"), para(head + " Each runs on the trained model (a batch of test images or fresh "
+                                      "samples): the model's own self_checks, and fid_recompute, torch-fidelity's "
+                                      "FID against scipy's on the stored features."), table(frame)]
+
+
+def memorisation_blocks(run: Run) -> list[Block]:
+    figures = sorted((run.folder / "memorisation").glob("*.png"))
+    if not figures:
+        return []
+    return [h2("Nearest training images"),
+            para("Top row: the 8 samples nearest to the training set (pixel distance, +-1 pixel shifts); "
+                 "bottom row: the nearest training image of each. Copies look identical."),
+            images([(f"memorisation/{p.name}", p.stem.split("__")[0] + ", " + p.stem.split("__")[-1])
+                    for p in figures])]
 
 
 # --- markdown ------------------------------------------------------------------------------------------

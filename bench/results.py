@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 METRIC_COLUMNS = ["model", "family", "dataset", "track", "seed", "budget", "metric", "value", "unit", "kind",
-                  "batch", "note"]
+                  "batch", "note", "ci_low", "ci_high"]  # ci_*: 95% bootstrap interval (sample quality)
 JOB_COLUMNS = ["model", "dataset", "seed", "status", "reason", "wall_seconds", "notes"]
 
 

@@ -131,7 +131,14 @@ def _evaluate(model, data, x_test, device, job: Job, outcome: JobOutcome) -> lis
     save_image(grid.float() / 255.0, grid_path, nrow=8, padding=2, pad_value=0.5)
     outcome.info["sample_grid"] = str(grid_path.relative_to(job.out))
     rows += _sample_quality(model, data, device, job, outcome)
+    outcome.info.setdefault("checks", []).extend(_self_checks(model, x_test, device))
     return rows
+
+
+def _self_checks(model, x_test, device) -> list[dict]:
+    from bench import checks
+
+    return checks.model_checks(model, x_test, device)
 
 
 def _sample_quality(model, data, device, job: Job, outcome: JobOutcome) -> list[dict]:

@@ -333,3 +333,16 @@ class DDPM(GenerativeModel):
     def nll(self, x: torch.Tensor) -> torch.Tensor:
         terms = self.bound_terms(x)
         return (terms["prior"] + terms["diffusion"] + terms["decoder"]).float()
+
+    @torch.no_grad()
+    def self_checks(self, x_test: torch.Tensor) -> list[dict]:
+        """Every term of the variational bound is non-negative: the prior and diffusion terms are KL
+        divergences and the decoder term is minus the log of a probability mass (at most 1)."""
+        terms = self.bound_terms(x_test[:8])
+        smallest = {name: value.min().item() for name, value in terms.items()}
+        worst = min(smallest, key=smallest.get)
+        tolerance = -1e-3  # nats per image: float32 round-off of a sum over pixels
+        return [{"check": "bound_terms_nonnegative", "passed": smallest[worst] >= tolerance,
+                 "value": smallest[worst], "tolerance": tolerance,
+                 "detail": "smallest bound term (nats) over 8 test images, per term: "
+                           + ", ".join(f"{k} {v:.4g}" for k, v in smallest.items())}]

@@ -166,3 +166,15 @@ class RealNVP(GenerativeModel):
     def sample(self, n: int, labels=None) -> torch.Tensor:
         latent = torch.randn(n, *self.image_shape, device=self.device)
         return self._from_logit(self.inverse_flow(latent)).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def self_checks(self, x_test: torch.Tensor) -> list[dict]:
+        """inverse(forward(y)) = y on test images (pixel midpoints (x + 0.5) / 256, through the logit map)."""
+        y = (x_test[:64].float() + 0.5) / 256.0
+        z, _ = self._to_logit(y)
+        latent, _ = self.forward_flow(z)
+        gap = (self._from_logit(self.inverse_flow(latent)) - y).abs().max().item()
+        tolerance = 1e-4  # in [0, 1] pixel units: 1/40 of one 8-bit grey level
+        return [{"check": "inverse_of_forward", "passed": gap <= tolerance, "value": gap, "tolerance": tolerance,
+                 "detail": f"largest absolute difference inverse(forward(y)) - y over {len(y)} test images, "
+                           f"y in [0, 1]"}]

@@ -182,3 +182,23 @@ class ConvVAE(GenerativeModel):
         the standard way to show a VAE's samples (a draw adds independent per-pixel noise)."""
         z = torch.randn(n, self.latent_dim, device=self.device)
         return torch.sigmoid(self.decode_logits(z))
+
+    @torch.no_grad()
+    def self_checks(self, x_test: torch.Tensor) -> list[dict]:
+        """The importance-weighted NLL estimate does not rise as K grows (K = 1, 10, 100 on a batch).
+
+        Its expectation falls with K (Burda et al. 2016); each step may rise by Monte Carlo noise only:
+        at most 3 standard errors of the per-image difference (independent draws per K)."""
+        x = x_test[:64]
+        estimates = {k: self.iwae_nll(x, k).double() for k in (1, 10, 100)}
+        rises, allowed = [], []
+        for small, large in ((1, 10), (10, 100)):
+            diff = estimates[large] - estimates[small]
+            rises.append(diff.mean().item())
+            allowed.append(3.0 * diff.std().item() / math.sqrt(len(diff)))
+        worst = max(range(2), key=lambda i: rises[i] - allowed[i])
+        means = ", ".join(f"K={k}: {v.mean().item():.2f}" for k, v in estimates.items())
+        return [{"check": "iwae_falls_with_k", "passed": all(r <= a for r, a in zip(rises, allowed)),
+                 "value": rises[worst], "tolerance": allowed[worst],
+                 "detail": f"mean NLL estimate (nats) on {len(x)} test images, {means}; value: the largest "
+                           f"rise between successive K, tolerance: 3 standard errors of that rise"}]

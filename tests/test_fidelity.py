@@ -175,8 +175,12 @@ def test_model_rows_for_a_conditional_model(mnist5k, tiny, monkeypatch, tmp_path
     outcome = SimpleNamespace(notes=[], info={})
     rows = fidelity.model_rows(Oracle(), mnist5k, torch.device("cpu"), job, outcome)
     by_metric = {r["metric"]: r for r in rows}
-    assert set(by_metric) == {"fid", "kid", "is", "precision", "recall", "class_accuracy"}, outcome.notes
+    assert set(by_metric) == {"fid", "kid", "is", "precision", "recall", "class_accuracy", "fid_inf",
+                              "copy_rate"}, outcome.notes
     assert "200 samples" in by_metric["fid"]["note"] and "test images" in by_metric["fid"]["note"]
+    for metric in ("fid", "kid", "precision", "recall"):  # bootstrap intervals around the figures
+        assert by_metric[metric]["ci_low"] <= by_metric[metric]["value"] <= by_metric[metric]["ci_high"]
+    assert [c["check"] for c in outcome.info["checks"]] == ["fid_recompute"] and outcome.info["checks"][0]["passed"]
     # The labels asked for are 0, 1, ..., 9 in turn; the classifier's verdict on those real images is the answer.
     labels = torch.arange(200) % 10
     predicted = clf_module.predict_logits(tiny.model, real_images_of(mnist5k, labels)).argmax(1)
