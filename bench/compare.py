@@ -97,6 +97,7 @@ def rule_for(metric: str) -> Rule:
     """The default rule of a metric. Model-specific likelihoods named like ``test_iwae``,
     ``iwae_k50``, ``*_bpd`` or ``*_nll`` are judged like ``test_nll``; any other unknown metric is
     shown but not gated (its better direction is unknown: an ELBO may be stored either way round)."""
+    metric = metric.split(BATCH_SEPARATOR)[0]  # fid@steps=20, a point of the steps curve, is judged like fid
     if metric in DEFAULT_RULES:
         return DEFAULT_RULES[metric]
     if re.search(r"(^|_)(iwae|nll|bpd)(_|$|\d)", metric):
@@ -106,8 +107,11 @@ def rule_for(metric: str) -> Rule:
 
 # --- reading a run ---------------------------------------------------------------------------
 def split_key(key: str) -> tuple[str, int | None]:
-    metric, _, batch = key.partition(BATCH_SEPARATOR)
-    return metric, (int(batch) if batch else None)
+    """``sample_throughput@256`` -> (sample_throughput, 256); a steps-curve qualifier stays with the
+    metric: ``sample_throughput@256@steps=20`` -> (sample_throughput@steps=20, 256)."""
+    metric, *parts = key.split(BATCH_SEPARATOR)
+    batch = next((int(p) for p in parts if p.isdigit()), None)
+    return BATCH_SEPARATOR.join([metric, *(p for p in parts if not p.isdigit())]), batch
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
@@ -135,8 +139,7 @@ def load_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
 def mean_values(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:
     """model -> {metric[@batch]: mean over seeds}; NaN stays NaN (a metric that was not finite)."""
     out: dict[str, dict[str, float]] = {}
-    batch = pd.to_numeric(metrics["batch"], errors="coerce")
-    keys = [results.metric_key(m, b) for m, b in zip(metrics["metric"], batch)]
+    keys = results.metric_keys(metrics.assign(batch=pd.to_numeric(metrics["batch"], errors="coerce")))
     frame = metrics.assign(key=keys, value=pd.to_numeric(metrics["value"], errors="coerce"))
     # mean() skips NaN; a metric that is NaN for every seed stays NaN.
     for (model, key), values in frame.groupby(["model", "key"], sort=False)["value"]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import measure
+from bench import measure, steps_curve
 from bench.budgets import parse_budget
 from bench.data import load_dataset
 from bench.trainer import Diverged, TrainResult, train
@@ -142,7 +142,7 @@ def _evaluate(model, data, x_test, device, job: Job, outcome: JobOutcome) -> lis
     save_image(grid.float() / 255.0, grid_path, nrow=8, padding=2, pad_value=0.5)
     outcome.info["sample_grid"] = str(grid_path.relative_to(job.out))
     rows += _sample_quality(model, data, device, job, outcome)
-    return rows
+    return steps_curve.evaluate(model, data, device, job, outcome, rows)  # sampler notes, quality against steps
 
 
 def _sample_quality(model, data, device, job: Job, outcome: JobOutcome) -> list[dict]:
