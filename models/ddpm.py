@@ -41,7 +41,10 @@ it is a shorter chain with the same marginals q(x_t | x_0)); ``sampling_steps`` 
 - ``"ddim"`` (Song, Meng & Ermon 2021): x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - s_t^2) eps_hat
   + s_t z with s_t = eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s). eta = 0 is
   deterministic given x_T; eta = 1 gives s_t^2 = the posterior variance, the ancestral sampler's law.
-The trap: the bound (``nll``) is always that of the full T-step chain, while the samples come from the
+Fewer steps cost variance, not just detail: with the exact denoiser of N(0.2, 0.3^2) pixels (the tests'),
+x_0 keeps 97% of the data's variance on the full T = 1000 chain, 82% at 100 respaced ancestral steps
+and 71% at 50 (DDIM with eta = 0: 84% at 50), since each step's fixed-small variance ignores the
+uncertainty of x0_hat. The trap: the bound (``nll``) is always that of the full T-step chain, while the samples come from the
 sampler's (shorter) chain, so a report must say which chain each figure is for
 (``likelihood_description``, ``sampler_description``).
 
