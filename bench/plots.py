@@ -267,6 +267,9 @@ def steps_curve(points: pd.DataFrame, path: Path) -> Path | None:
             _log_axis(ax, "y")
         ax.set_xticks(sorted(d["steps"].unique()))
         ax.xaxis.set_minor_locator(ticker.NullLocator())
+        batches = sorted({int(b) for b in d["batch"].dropna()}) if column == "samples_per_s" and "batch" in d else []
+        if len(batches) == 1:
+            label = label.replace("(", f"(batch {batches[0]}, ")
         ax.set(xlabel="sampling steps (log scale)", ylabel=label)
     fig.suptitle("Sample quality and sampling speed against the number of sampling steps")
     fig.tight_layout()
