@@ -80,6 +80,7 @@ INFO = Rule(None, gated=False)
 def rule_for(metric: str) -> Rule:
     """The declared rule; an undeclared model-specific likelihood named like ``*_nll``, ``*_bpd`` or
     ``iwae*`` is judged like ``test_nll``; anything else undeclared is shown, never gated."""
+    metric = metric.split("@")[0]  # fid@steps=20, a point of the steps curve, is judged like fid
     if metric in REGISTRY:
         return REGISTRY[metric].rule
     if re.search(r"(^|_)(iwae|nll|bpd)(_|$|\d)", metric):

@@ -45,6 +45,8 @@ def _log_axis(ax, axis: str = "x"):
 
 def _rows(metrics: pd.DataFrame, names) -> pd.DataFrame:
     """Finite rows of these metrics; the data rows (one per track) labelled "data (<track>)"."""
+    if "steps" in metrics:  # the steps curve's points have their own figure (steps_curve)
+        metrics = metrics[metrics["steps"].isna()]
     chosen = metrics[metrics["metric"].isin(list(names)) & metrics["value"].notna()]
     chosen = chosen[np.isfinite(chosen["value"].astype(float))]
     labels = [f"{DATA_MODEL} ({t})" if m == DATA_MODEL else m for m, t in zip(chosen["model"], chosen["track"])]
@@ -296,3 +298,31 @@ def _scaling_line(ax, d: pd.DataFrame, fit, colour):
     if fitted:  # the fit is in log10 seconds; drawn in ms
         xs = np.array([d["dim"].min(), d["dim"].max()], dtype=float)
         ax.plot(xs, 1e3 * 10 ** (fit["intercept"] + fit["slope"] * np.log10(xs)), "--", color=colour, linewidth=1)
+
+
+# --- quality against sampling steps ------------------------------------------------------------
+def steps_curve(points: pd.DataFrame, path: Path) -> Path | None:
+    """FID and samples/s against sampling steps (log x), one line per model.
+
+    ``points``: one row per (model, steps) with columns model, steps, fid, samples_per_s (means over seeds)."""
+    panels = [(c, label) for c, label in [("fid", "FID (lower is better)"),
+                                          ("samples_per_s", "samples per second (log scale)")]
+              if c in points and points[c].notna().any()]
+    if points.empty or not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.4), squeeze=False)
+    for ax, (column, label) in zip(axes[0], panels):
+        d = points.dropna(subset=[column])
+        sns.lineplot(data=d, x="steps", y=column, hue="model", style="model", markers=True, dashes=False, ax=ax)
+        _log_axis(ax, "x")
+        if column == "samples_per_s":
+            _log_axis(ax, "y")
+        ax.set_xticks(sorted(d["steps"].unique()))
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
+        batches = sorted({int(b) for b in d["batch"].dropna()}) if column == "samples_per_s" and "batch" in d else []
+        if len(batches) == 1:
+            label = label.replace("(", f"(batch {batches[0]}, ")
+        ax.set(xlabel="sampling steps (log scale)", ylabel=label)
+    fig.suptitle("Sample quality and sampling speed against the number of sampling steps")
+    fig.tight_layout()
+    return _save(fig, path)

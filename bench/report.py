@@ -249,6 +249,7 @@ def summary_notes(table: pd.DataFrame, run: Run) -> list[str]:
         "peak MiB: " + ("GPU memory, torch.cuda.max_memory_allocated." if device.startswith("cuda")
                         else "peak resident memory of the worker process (CPU), libraries included."),
     ]
+    notes += chain_notes(run)
     missing = [t for _, t in SUMMARY_COLUMNS if t not in table]
     if missing:
         notes.append(f"Not in this run (columns left out): {', '.join(missing)}")
@@ -257,7 +258,8 @@ def summary_notes(table: pd.DataFrame, run: Run) -> list[str]:
 
 def fidelity_notes(run: Run) -> list[str]:
     """How FID was computed, once per distinct note (models sharing a note are listed together)."""
-    rows = run.metrics[(run.metrics["metric"] == "fid") & (run.metrics["note"] != "")]
+    headline = results.headline(run.metrics)
+    rows = headline[(headline["metric"] == "fid") & (headline["note"] != "")]
     if not (run.metrics["metric"].isin(FIDELITY_METRICS)).any():
         return []
     lines = ["Sample quality (FID, KID, IS, precision, recall) uses the suite's own evaluation classifier's "
@@ -517,7 +519,7 @@ def _flat(value) -> str:
 def report_blocks(run: Run) -> list[Block]:
     return (header_blocks(run) + summary_blocks(run) + likelihood_blocks(run) + uncertainty_blocks(run)
             + checks_blocks(run) + plot_blocks(run) + sample_blocks(run) + memorisation_blocks(run)
-            + scaling_blocks(run) + jobs_blocks(run) + config_blocks(run))
+            + steps_curve_blocks(run) + scaling_blocks(run) + jobs_blocks(run) + config_blocks(run))
 
 
 # --- uncertainty, memorisation and self-checks -------------------------------------------------------
@@ -545,7 +547,8 @@ def interval_cell(row, metric: str) -> str:
 
 def interval_table(metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, seed): each sample-quality figure with its interval."""
-    wanted = metrics[metrics["metric"].isin([m for m, _ in INTERVAL_METRICS])]
+    headline = results.headline(metrics)  # the steps curve's points are not the summary's figures
+    wanted = headline[headline["metric"].isin([m for m, _ in INTERVAL_METRICS])]
     rows = []
     for (model, track, seed), group in wanted.groupby(["model", "track", "seed"], sort=False):
         by_metric = {r["metric"]: r for _, r in group.iterrows()}
@@ -611,6 +614,70 @@ def memorisation_blocks(run: Run) -> list[Block]:
                  "bottom row: the nearest training image of each. Copies look identical."),
             images([(f"memorisation/{p.name}", p.stem.split("__")[0] + ", " + p.stem.split("__")[-1])
                     for p in figures])]
+
+
+# --- the samplers: which chain each figure is for, and quality against steps -----------------------------
+def chain_notes(run: Run) -> list[str]:
+    """One line per model that named its sampler (and its likelihood's chain) when it ran."""
+    notes = []
+    for model, info in run.info.items():
+        sampler, chain = info.get("sampler"), info.get("likelihood_chain")
+        if not sampler and not chain:
+            continue
+        parts = [f"bits/dim is the {chain}" if chain else "",
+                 f"FID, IS, KID, precision/recall, samples/s and NFE / sample are for its sampler: {sampler}"
+                 if sampler else ""]
+        notes.append(f"{model}: " + "; ".join(filter(None, parts)) + ".")
+    return notes
+
+
+def steps_points(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The steps curve, one row per (model, steps): means over seeds of FID, samples/s and NFE."""
+    columns = ["model", "steps", "nfe", "fid", "samples_per_s", "batch", "headline"]
+    if "steps" not in metrics or metrics["steps"].isna().all():
+        return pd.DataFrame(columns=columns)
+    d = metrics[metrics["steps"].notna()].assign(steps=lambda f: f["steps"].astype(int))
+    rows = []
+    for (model, steps), g in d.groupby(["model", "steps"], sort=False):
+        def mean(metric):
+            values = g.loc[g["metric"] == metric, "value"]
+            return float(values.mean()) if len(values) else float("nan")
+        batches = g.loc[g["metric"] == "sample_throughput", "batch"].dropna()
+        rows.append({"model": model, "steps": steps, "nfe": mean("sampling_nfe"), "fid": mean("fid"),
+                     "samples_per_s": mean("sample_throughput"),
+                     "batch": int(batches.iloc[0]) if len(batches) else None,
+                     "headline": g["note"].str.startswith("the headline measurement").any()})
+    return pd.DataFrame(rows, columns=columns).sort_values(["model", "steps"], kind="stable")
+
+
+def steps_curve_blocks(run: Run) -> list[Block]:
+    points = steps_points(run.metrics)
+    skipped = [f"{r.model} seed {r.seed}: {note}" for r in run.jobs.itertuples() for note in str(r.notes).split("; ")
+               if note.startswith("steps curve")] if not run.jobs.empty else []
+    if points.empty and not skipped:
+        return []
+    blocks = [h2("Sample quality against sampling steps"),
+              para("Each model that can trade steps for quality, sampled again with another number of steps, "
+                   "its other settings unchanged: FID on the run's sample count (scored like the summary's FID), "
+                   "samples/s at one batch size (the median over the full batches of that draw) and NFE. The "
+                   "row marked `headline` is the model's own setting, the summary's figures. A DDPM's steps are "
+                   "respaced steps of its T-step chain; an EBM's are Langevin steps from noise.")]
+    if not points.empty:
+        shown = pd.DataFrame({
+            "model": points["model"], "steps": points["steps"].astype(str),
+            "NFE / sample": points["nfe"].map(lambda v: "-" if pd.isna(v) else f"{v:.0f}"),
+            "FID": points["fid"].map(lambda v: "-" if pd.isna(v) else f"{v:,.{_decimals('fid', v)}f}"),
+            "samples/s": [("-" if pd.isna(v) else f"{v:,.{_decimals('sample_throughput', v)}f} (batch {b})")
+                          for v, b in zip(points["samples_per_s"], points["batch"])],
+            "setting": points["headline"].map(lambda h: "headline" if h else "")})
+        blocks.append(table(shown))
+        path = plots.steps_curve(points, run.folder / "plots" / "steps_curve.png")
+        if path is not None:
+            blocks.append(images([(f"plots/{path.name}", "FID and samples/s against sampling steps.")]))
+    if skipped:
+        blocks += [para("Step counts not measured (their projected time exceeded the curve's budget):"),
+                   bullets(skipped)]
+    return blocks
 
 
 # --- markdown ------------------------------------------------------------------------------------------

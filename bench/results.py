@@ -1,7 +1,9 @@
 """The files a run leaves (DESIGN.md, "Results"): metrics.csv, summary.csv, config.json, jobs.csv.
 
-``metrics.csv`` is tidy, one row per (model, dataset, seed, metric[, batch]); ``summary.csv`` has one
-row per (model, dataset) with the mean, standard deviation and count over seeds of every metric.
+``metrics.csv`` is tidy, one row per (model, dataset, seed, metric[, batch][, steps]); ``summary.csv`` has
+one row per (model, dataset) with the mean, standard deviation and count over seeds of every metric. A
+row with ``steps`` is a point of the quality-against-steps curve (``bench.steps_curve``): the model
+sampled with that many steps instead of its default; rows without ``steps`` are the headline figures.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 METRIC_COLUMNS = ["model", "family", "dataset", "track", "seed", "budget", "metric", "value", "unit", "kind",
-                  "batch", "note", "ci_low", "ci_high"]  # ci_*: 95% bootstrap interval (sample quality)
+                  "batch", "steps", "note", "ci_low", "ci_high"]  # ci_*: 95% bootstrap interval (sample quality)
 JOB_COLUMNS = ["model", "dataset", "seed", "status", "reason", "wall_seconds", "notes"]
 
 
@@ -25,21 +27,34 @@ def metrics_frame(outcomes) -> pd.DataFrame:
         ident = {"model": o["job"]["model"], "family": o["info"].get("family", ""), "dataset": o["job"]["dataset"],
                  "track": o["info"].get("track", ""), "seed": o["job"]["seed"], "budget": o["job"]["budget"]}
         for r in o["rows"]:
-            records.append({**ident, "batch": None, "note": "", **r})
+            records.append({**ident, "batch": None, "steps": None, "note": "", **r})
     frame = pd.DataFrame.from_records(records, columns=METRIC_COLUMNS)
-    frame["batch"] = frame["batch"].astype("Int64")
+    frame[["batch", "steps"]] = frame[["batch", "steps"]].astype("Int64")
     return frame
 
 
-def metric_key(metric: str, batch) -> str:
-    """The summary column for a metric: throughput is one column per batch size."""
-    return f"{metric}@{int(batch)}" if pd.notna(batch) else metric
+def metric_key(metric: str, batch, steps=None) -> str:
+    """The summary column for a metric: throughput is one column per batch size, a point of the
+    steps curve one per step count (``fid@steps=20``, ``sample_throughput@256@steps=20``)."""
+    key = f"{metric}@{int(batch)}" if pd.notna(batch) else metric
+    return key + (f"@steps={int(steps)}" if steps is not None and pd.notna(steps) else "")
+
+
+def metric_keys(metrics: pd.DataFrame) -> list[str]:
+    """``metric_key`` of every row (a frame without a ``steps`` column, an older run's, has none)."""
+    steps = metrics["steps"] if "steps" in metrics else [None] * len(metrics)
+    return [metric_key(m, b, s) for m, b, s in zip(metrics["metric"], metrics["batch"], steps)]
+
+
+def headline(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The rows at the model's own settings: the steps curve's rows left out."""
+    return metrics[metrics["steps"].isna()] if "steps" in metrics else metrics
 
 
 def summary_frame(metrics: pd.DataFrame) -> pd.DataFrame:
     if metrics.empty:
         return pd.DataFrame(columns=["model", "family", "dataset", "track", "n_seeds"])
-    m = metrics.assign(key=[metric_key(a, b) for a, b in zip(metrics["metric"], metrics["batch"])])
+    m = metrics.assign(key=metric_keys(metrics))
     ident = ["model", "family", "dataset", "track"]
     stats = m.groupby(ident + ["key"], sort=False)["value"].agg(["mean", "std", "count"])
     wide = stats.unstack("key")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import measure
+from bench import measure, steps_curve
 from bench.budgets import parse_budget
 from bench.data import load_dataset
 from bench.jobs import Job, JobOutcome, save_outcome
@@ -132,7 +132,7 @@ def _evaluate(model, data, x_test, device, job: Job, outcome: JobOutcome) -> lis
     outcome.info["sample_grid"] = str(grid_path.relative_to(job.out))
     rows += _sample_quality(model, data, device, job, outcome)
     outcome.info.setdefault("checks", []).extend(_self_checks(model, x_test, device))
-    return rows
+    return steps_curve.evaluate(model, data, device, job, outcome, rows)  # sampler notes, quality against steps
 
 
 def _self_checks(model, x_test, device) -> list[dict]:

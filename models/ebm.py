@@ -8,9 +8,11 @@ f(fake) - f(real); with E = -f this is the same algorithm.)
 
 Sampling (``langevin``), as in the seed: start from uniform noise on [-1, 1]; each step adds N(0, 0.005^2)
 noise, clamps to [-1, 1], takes dE/dx, clamps that gradient to [-0.03, 0.03], moves x by
--step_size * gradient (step size 10) and clamps again. ``sample(n)`` runs ``sample_steps`` (default 60)
-such steps from fresh noise, so ``sampling_nfe`` = ``sample_steps`` (each step is one forward and one
-backward pass through E).
+-step_size * gradient (step size 10) and clamps again. ``sample(n)`` runs ``sampling_steps`` (default 60,
+the seed's; a setting a harness may sweep over ``sampling_step_options``) such steps from fresh noise, so
+``sampling_nfe`` = ``sampling_steps`` (each step is one forward and one backward pass through E). The trap:
+the model is trained with 60-step chains started mostly from its replay buffer, so chains from fresh
+noise of another length sample another distribution; more steps are not necessarily better.
 
 Training: contrastive divergence with a replay buffer (``ReplayBuffer``): each batch of negatives starts
 95% from past Langevin samples and 5% from fresh noise, runs ``train_langevin_steps`` = 60 steps, and
@@ -121,16 +123,18 @@ class EBM(GenerativeModel):
     likelihood = None
     track = "8bit"
 
+    sampling_step_options = (10, 30, 60, 120)  # Langevin step counts worth sweeping
+
     def __init__(self, image_shape=(1, 28, 28), hidden: int = 32, alpha: float = 0.1, lr: float = 1e-4,
-                 batch_size: int = 128, sample_steps: int = 60, train_langevin_steps: int = 60,
+                 batch_size: int = 128, sampling_steps: int = 60, train_langevin_steps: int = 60,
                  step_size: float = 10.0, noise_std: float = 0.005, grad_clip: float = 0.03,
                  buffer_size: int = 8192, fresh_fraction: float = 0.05, energy_limit: float = 1e3):
         super().__init__(image_shape)
-        if sample_steps < 1 or train_langevin_steps < 1:
-            raise ValueError("sample_steps and train_langevin_steps must be at least 1 Langevin step")
+        if sampling_steps < 1 or train_langevin_steps < 1:
+            raise ValueError("sampling_steps and train_langevin_steps must be at least 1 Langevin step")
         self.energy_net = EnergyCNN(self.image_shape, hidden)
         self.alpha, self.lr, self.batch_size = alpha, lr, batch_size
-        self.sample_steps, self.train_langevin_steps = sample_steps, train_langevin_steps
+        self.sampling_steps, self.train_langevin_steps = int(sampling_steps), train_langevin_steps
         self.langevin_args = dict(step_size=step_size, noise_std=noise_std, grad_clip=grad_clip)
         self.energy_limit = energy_limit
         self.buffer = ReplayBuffer(self.image_shape, buffer_size, fresh_fraction, initial=batch_size)
@@ -149,7 +153,12 @@ class EBM(GenerativeModel):
 
     @property
     def sampling_nfe(self) -> int:
-        return self.sample_steps
+        return self.sampling_steps
+
+    def sampler_description(self) -> str:
+        a = self.langevin_args
+        return (f"Langevin, {self.sampling_steps} steps from uniform noise (step size {a['step_size']:g}, "
+                f"noise std {a['noise_std']:g}, gradient clipped at {a['grad_clip']:g})")
 
     def train_step(self, batch, optimizers):
         x, _ = batch
@@ -177,7 +186,8 @@ class EBM(GenerativeModel):
                                          f"> limit {self.energy_limit:g}")
 
     @torch.no_grad()
-    def sample(self, n: int, labels=None) -> torch.Tensor:
+    def sample(self, n: int, labels=None, *, steps: int | None = None) -> torch.Tensor:
+        """``n`` images in [0, 1] after ``steps`` (default: ``sampling_steps``) Langevin steps from noise."""
         start = uniform_noise(n, self.image_shape, device=self.device)
-        x = langevin(self.energy, start, self.sample_steps, **self.langevin_args)
+        x = langevin(self.energy, start, steps or self.sampling_steps, **self.langevin_args)
         return (x + 1.0) / 2.0

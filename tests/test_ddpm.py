@@ -132,11 +132,11 @@ def test_monte_carlo_bound_agrees_with_the_exact_bound_on_average():
 
 
 def test_strided_sub_chain_keeps_the_marginals():
-    model = DDPM(image_shape=(1, 8, 8), T=1000, sample_steps=50)
+    model = DDPM(image_shape=(1, 8, 8), T=1000, sampling_steps=50)
     assert model.sampling_nfe == 50
     assert model.sample_timesteps[-1] == 999
     assert torch.allclose(model.sample_chain.abar, model.chain.abar[model.sample_timesteps])
-    full = DDPM(image_shape=(1, 8, 8), T=100, sample_steps=None)
+    full = DDPM(image_shape=(1, 8, 8), T=100, sampling_steps=None)
     assert full.sampling_nfe == 100
     assert torch.allclose(full.sample_chain.betas, full.chain.betas)
 
@@ -151,7 +151,7 @@ def test_train_step_returns_a_finite_loss():
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 14, 14), (1, 28, 28)])
 def test_builds_and_samples_at_every_study_size(shape):
-    model = models.build("ddpm", image_shape=shape, sample_steps=3)
+    model = models.build("ddpm", image_shape=shape, sampling_steps=3)
     x = model.sample(4)
     assert x.shape == (4, *shape)
     assert x.min() >= 0 and x.max() <= 1
@@ -162,3 +162,114 @@ def test_builds_and_samples_at_every_study_size(shape):
 def test_linear_and_cosine_betas_are_valid():
     for betas in (linear_betas(1000), cosine_betas(1000)):
         assert (betas > 0).all() and (betas < 1).all()
+
+
+# --- the samplers, on Gaussian data with its exact denoiser -------------------------------------------
+DATA_MEAN, DATA_STD = 0.2, 0.3  # per pixel; inside [-1, 1] but for 0.4% of draws, so x0 clipping hardly acts
+
+
+class GaussianDenoiser(torch.nn.Module):
+    """The optimal eps-prediction for data N(DATA_MEAN, DATA_STD^2) per pixel: E[eps | x_t]
+    = sqrt(1 - a) (x_t - sqrt(a) mu) / (a s^2 + 1 - a), a = abar at the network's timestep."""
+
+    def __init__(self, abar):
+        super().__init__()
+        self.abar = torch.as_tensor(abar)
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the model a device
+
+    def forward(self, x, t):
+        a = self.abar[t].to(x.dtype).view(-1, 1, 1, 1)
+        return (1 - a).sqrt() * (x - a.sqrt() * DATA_MEAN) / (a * DATA_STD ** 2 + 1 - a)
+
+
+def gaussian_model(T, steps):
+    model = DDPM(image_shape=(1, 2, 2), T=T, sampling_steps=steps)
+    model.net = GaussianDenoiser(reference_abar(T, "linear"))
+    return model
+
+
+def exact_output_moments(T, steps, sampler, eta=0.0):
+    """Mean and variance of x_0 from each sampler, by propagating them through its linear-Gaussian steps
+    (from the papers' formulas and numpy, not the model's code)."""
+    abar_full = reference_abar(T, "linear")
+    timesteps = np.unique(np.round(np.linspace(0, T - 1, steps)).astype(int))
+    abar = abar_full[timesteps]
+    abar_prev = np.concatenate([[1.0], abar[:-1]])
+    mean, var, mu, v = 0.0, 1.0, DATA_MEAN, DATA_STD ** 2
+    for i in reversed(range(len(abar))):
+        a, a_s = abar[i], abar_prev[i]
+        k = math.sqrt(a) * v / (a * v + 1 - a)  # E[x0 | x_t] = mu + k (x_t - sqrt(a) mu)
+        x0 = lambda m: mu + k * (m - math.sqrt(a) * mu)  # noqa: E731
+        if sampler == "ancestral":
+            beta = 1 - a / a_s
+            c0, c1 = beta * math.sqrt(a_s) / (1 - a), (1 - a_s) * math.sqrt(1 - beta) / (1 - a)
+            new_mean, slope = c0 * x0(mean) + c1 * mean, c0 * k + c1
+            noise_var = beta * (1 - a_s) / (1 - a) if i > 0 else 0.0
+        else:
+            noise_var = eta ** 2 * (1 - a_s) / (1 - a) * (1 - a / a_s)
+            r = math.sqrt(1 - a_s - noise_var) / math.sqrt(1 - a)
+            new_mean = math.sqrt(a_s) * x0(mean) + r * (mean - math.sqrt(a) * x0(mean))
+            slope = math.sqrt(a_s) * k + r * (1 - math.sqrt(a) * k)
+        mean, var = new_mean, slope ** 2 * var + noise_var
+    return mean, var
+
+
+def sample_moments(model, n=20000, **options):
+    torch.manual_seed(0)
+    x = model.sample(n, **options).double() * 2 - 1  # back to [-1, 1]
+    return x.mean().item(), x.var().item(), x.numel()
+
+
+@pytest.mark.parametrize("T, steps, sampler, eta", [
+    (100, 100, "ancestral", 0.0), (100, 100, "ddim", 1.0), (100, 100, "ddim", 0.0),
+    (100, 10, "ancestral", 0.0), (100, 10, "ddim", 0.0), (1000, 20, "ddim", 0.5)])
+def test_each_sampler_has_its_exact_output_moments(T, steps, sampler, eta):
+    mean, var, n = sample_moments(gaussian_model(T, steps), sampler=sampler, eta=eta)
+    want_mean, want_var = exact_output_moments(T, steps, sampler, eta)
+    assert abs(mean - want_mean) < 5 * math.sqrt(want_var / n)
+    assert abs(var - want_var) < 5 * want_var * math.sqrt(2 / n)
+
+
+def test_ddim_with_eta_one_on_the_full_chain_samples_like_ancestral_and_like_the_data():
+    model = gaussian_model(1000, None)
+    ancestral = sample_moments(model, sampler="ancestral")
+    ddim = sample_moments(model, sampler="ddim", eta=1.0)
+    n = ancestral[2]
+    for mean, var, _ in (ancestral, ddim):
+        assert abs(mean - DATA_MEAN) < 0.01
+        assert var == pytest.approx(DATA_STD ** 2, rel=0.05)  # the full chain: 3% under, its discretization
+    assert abs(ancestral[0] - ddim[0]) < 5 * math.sqrt(2 * ancestral[1] / n)
+    assert abs(ancestral[1] - ddim[1]) < 5 * ancestral[1] * math.sqrt(4 / n)
+
+
+def test_respaced_ancestral_sampler_keeps_the_mean_and_most_of_the_variance():
+    mean, var, _ = sample_moments(gaussian_model(1000, 100), sampler="ancestral")
+    assert abs(mean - DATA_MEAN) < 0.01
+    assert 0.7 * DATA_STD ** 2 < var < 1.05 * DATA_STD ** 2  # fewer steps lose variance (about 18% at 100)
+
+
+def test_ddim_with_eta_zero_is_a_deterministic_map_of_the_starting_noise():
+    model = gaussian_model(100, 20)
+    x_T = torch.randn(8, 1, 2, 2, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(1)
+    first = model.denoise(x_T, model.sample_timesteps, model.sample_chain, "ddim", eta=0.0)
+    torch.manual_seed(2)
+    second = model.denoise(x_T, model.sample_timesteps, model.sample_chain, "ddim", eta=0.0)
+    assert torch.equal(first, second)
+    noisy = model.denoise(x_T, model.sample_timesteps, model.sample_chain, "ddim", eta=1.0)
+    assert not torch.equal(first, noisy)
+
+
+def test_sampler_settings_set_the_chain_the_cost_and_the_description():
+    model = DDPM(image_shape=(1, 8, 8), T=1000, sampler="ddim", eta=0.0)
+    assert model.sampling_nfe == 50 and "DDIM (eta=0), 50 respaced steps of the T=1000" in model.sampler_description()
+    model.sampling_steps = 10
+    assert model.sampling_nfe == 10 and model.sample_timesteps[-1] == 999
+    assert torch.allclose(model.sample_chain.abar, model.chain.abar[model.sample_timesteps])
+    model.sampling_steps = 5000  # capped at T
+    assert model.sampling_nfe == 1000 and "all 1000 steps" in model.sampler_description()
+    assert "bound of the T=1000 linear chain" in model.likelihood_description()
+    with pytest.raises(ValueError, match="unknown sampler"):
+        DDPM(image_shape=(1, 8, 8), sampler="euler")
+    with pytest.raises(ValueError, match="at least 1"):
+        model.sampling_steps = 0

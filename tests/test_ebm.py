@@ -96,9 +96,27 @@ def test_exploding_energies_raise_a_floating_point_error():
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 14, 14), (1, 28, 28)])
 def test_builds_and_samples_at_every_study_size(shape):
-    model = models.build("ebm", image_shape=shape, sample_steps=3)
+    model = models.build("ebm", image_shape=shape, sampling_steps=3)
     x = model.sample(5)
     assert x.shape == (5, *shape)
     assert x.min() >= 0 and x.max() <= 1
     assert model.sampling_nfe == 3
     assert model.family == "ebm" and model.likelihood is None and model.track == "8bit"
+
+
+def test_langevin_steps_are_a_setting_that_sets_the_chain_length_and_the_cost():
+    model = EBM(image_shape=(1, 8, 8), sampling_steps=7)
+    calls = []
+    original = model.energy_net.forward
+    model.energy_net.forward = lambda x: calls.append(1) or original(x)
+    model.sample(3)
+    assert len(calls) == 7 == model.sampling_nfe  # one energy evaluation per Langevin step
+    model.sampling_steps = 2
+    calls.clear()
+    model.sample(3)
+    assert len(calls) == 2 == model.sampling_nfe
+    calls.clear()
+    model.sample(3, steps=4)  # a one-call override leaves the setting alone
+    assert len(calls) == 4 and model.sampling_nfe == 2
+    assert model.sampler_description().startswith("Langevin, 2 steps from uniform noise")
+    assert EBM().sampling_steps == 60  # the seed's chain length

@@ -12,8 +12,11 @@ BATCH_SEPARATOR = "@"  # the summary's column name for a metric at one batch siz
 
 
 def split_key(key: str) -> tuple[str, int | None]:
-    metric, _, batch = key.partition(BATCH_SEPARATOR)
-    return metric, (int(batch) if batch else None)
+    """``sample_throughput@256`` -> (sample_throughput, 256); a steps-curve qualifier stays with the
+    metric: ``sample_throughput@256@steps=20`` -> (sample_throughput@steps=20, 256)."""
+    metric, *parts = key.split(BATCH_SEPARATOR)
+    batch = next((int(p) for p in parts if p.isdigit()), None)
+    return BATCH_SEPARATOR.join([metric, *(p for p in parts if not p.isdigit())]), batch
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
@@ -41,8 +44,7 @@ def load_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
 def mean_values(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:
     """model -> {metric[@batch]: mean over seeds}; NaN stays NaN (a metric that was not finite)."""
     out: dict[str, dict[str, float]] = {}
-    batch = pd.to_numeric(metrics["batch"], errors="coerce")
-    keys = [results.metric_key(m, b) for m, b in zip(metrics["metric"], batch)]
+    keys = results.metric_keys(metrics.assign(batch=pd.to_numeric(metrics["batch"], errors="coerce")))
     frame = metrics.assign(key=keys, value=pd.to_numeric(metrics["value"], errors="coerce"))
     # mean() skips NaN; a metric that is NaN for every seed stays NaN.
     for (model, key), values in frame.groupby(["model", "key"], sort=False)["value"]:
