@@ -145,7 +145,10 @@ METRICS = {
     "train_seconds": ("s", "training wall time"),
     "train_steps": ("steps", "optimisation steps the budget bought"),
     "train_examples": ("examples", "training examples seen"),
-    "peak_memory": ("MiB", "GPU: max allocated; CPU: peak resident memory of the worker process"),
+    "peak_memory": ("MiB", "the larger of peak_memory_train and peak_memory_sample (evaluation excluded)"),
+    "peak_memory_train": ("MiB", "peak during training; CPU: the job's own resident set (VmHWM reset at the "
+                                 "phase start: interpreter and libraries included); GPU: torch-allocated tensors"),
+    "peak_memory_sample": ("MiB", "peak while sampling at the batch size in the `batch` column (same measure)"),
     "params": ("count", "trainable parameters"),
 }
 

@@ -85,6 +85,8 @@ DEFAULT_RULES: dict[str, Rule] = {
     "sample_throughput": _SPEED,
     "train_throughput": _SPEED,
     "peak_memory": Rule("lower", rel=0.50),  # resident memory moves with thread count and libraries
+    "peak_memory_train": Rule("lower", rel=0.50),
+    "peak_memory_sample": Rule("lower", rel=0.50),
     "train_seconds": _INFO_LOWER,
     "params": _INFO,
     "train_steps": _INFO,

@@ -97,7 +97,8 @@ def load_run(run_dir: Path) -> Run:
 
 # --- cells -----------------------------------------------------------------------------------------
 DECIMALS = {"test_bpd": 3, "test_bpd_iwae": 3, "test_nll": 2, "test_nll_iwae": 2, "fid": 2, "is": 2, "kid": 4,
-            "precision": 3, "recall": 3, "class_accuracy": 3, "sampling_nfe": 0, "peak_memory": 0, "params": 0}
+            "precision": 3, "recall": 3, "class_accuracy": 3, "sampling_nfe": 0, "peak_memory": 0, "params": 0,
+            "peak_memory_train": 0, "peak_memory_sample": 0}
 
 
 def _decimals(metric: str, mean: float) -> int:
@@ -142,11 +143,12 @@ def throughput_batch(row: pd.Series) -> int | None:
     return PREFERRED_BATCH if PREFERRED_BATCH in measured else max(measured)
 
 
-def throughput_cell(row: pd.Series, n_seeds: int) -> str:
+def throughput_cell(row: pd.Series, n_seeds: int, metric: str = "sample_throughput") -> str:
+    """A per-batch metric (speed, or the sampling memory peak) at the batch the speed is quoted at."""
     batch = throughput_batch(row)
     if batch is None:
         return "-"
-    text = cell(row, f"sample_throughput@{batch}", n_seeds)
+    text = cell(row, f"{metric}@{batch}", n_seeds)
     return text if batch == PREFERRED_BATCH else f"{text} @{batch}"
 
 
@@ -192,9 +194,9 @@ def model_order(summary: pd.DataFrame) -> pd.DataFrame:
 # --- the summary table -------------------------------------------------------------------------------
 SUMMARY_COLUMNS = [("fid", "FID"), ("is", "IS"), ("kid", "KID"), ("precision", "precision"),
                    ("recall", "recall"), ("class_accuracy", "class acc.")]
-COST_COLUMNS = [("sampling_nfe", "NFE / sample"), ("train_seconds", "train s"), ("peak_memory", "peak MiB"),
-                ("params", "params")]
-OPTIONAL_TITLES = {title for _, title in SUMMARY_COLUMNS}
+COST_COLUMNS = [("sampling_nfe", "NFE / sample"), ("train_seconds", "train s"),
+                ("peak_memory_train", "train peak MiB"), ("params", "params")]
+OPTIONAL_TITLES = {title for _, title in SUMMARY_COLUMNS} | {"train peak MiB", "sample peak MiB"}  # old runs lack them
 
 
 def bpd_cell(row: pd.Series, kind: str | None, n_seeds: int) -> str:
@@ -218,6 +220,7 @@ def summary_table(summary: pd.DataFrame, metrics: pd.DataFrame, info: dict | Non
                "bits/dim": bpd_cell(row, kind, n)}
         out.update({title: cell(row, key, n) for key, title in SUMMARY_COLUMNS})
         out[f"samples/s (batch {PREFERRED_BATCH})"] = throughput_cell(row, n)
+        out["sample peak MiB"] = throughput_cell(row, n, "peak_memory_sample")
         out.update({title: cell(row, key, n) for key, title in COST_COLUMNS})
         rows.append(out)
     table = pd.DataFrame(rows)
@@ -236,13 +239,17 @@ def summary_notes(table: pd.DataFrame, run: Run) -> list[str]:
         "(see Likelihood).",
         "n/a in bits/dim: no tractable likelihood (GANs and EBMs, whose normalising constant is unknown), "
         "so there is no bits/dim, and a blank or a zero would read as a score. The `data` row is real "
-        "held-out images scored as if they were samples: what a perfect model scores on sample quality.",
+        "held-out images (the validation split: neither the models nor the evaluation classifier trained on "
+        "them) scored as if they were samples: what a perfect model scores on sample quality.",
         "-: not measured (a diverged or failed job, see Jobs; or a metric this run did not compute).",
         f"samples/s at batch {PREFERRED_BATCH}; '@B' marks a model measured only up to batch B (the largest "
         "batch measured; larger ones were projected past the time cap). NFE / sample: sequential network "
         "evaluations one sample costs.",
-        "peak MiB: " + ("GPU memory, torch.cuda.max_memory_allocated." if device.startswith("cuda")
-                        else "peak resident memory of the worker process (CPU), libraries included."),
+        "train / sample peak MiB: the job's own peak during training, and while sampling at the batch "
+        "samples/s is quoted at (evaluation such as FID excluded), each phase measured from its start: "
+        + ("GPU memory allocated by torch tensors (torch.cuda.max_memory_allocated)." if device.startswith("cuda")
+           else "the worker process's peak resident memory (Linux VmHWM, reset at the phase start), which "
+                "includes the interpreter, the libraries, the data and the model resident at the time."),
     ]
     missing = [t for _, t in SUMMARY_COLUMNS if t not in table]
     if missing:
