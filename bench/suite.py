@@ -56,6 +56,7 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
     config = {
         "models": models_, "dataset": dataset, "dataset_description": data.description,
         "train_size": len(data.train_images), "test_size": len(data.test_images),
+        "valid_size": data.sizes["valid"],
         "image_shape": list(data.image_shape), "budget": budget, "budget_resolved": asdict(parse_budget(budget)),
         "seeds": seeds, "device": str(torch_device), "data_root": str(data_root) if data_root else None,
         "throughput_cap_s": throughput_cap_s, "fidelity_samples": fidelity_samples or len(data.test_images),

@@ -107,7 +107,7 @@ def test_missing_torchvision_files_name_the_folder(tmp_path, isolated_cache, cap
 def test_8bit_model_on_a_binary_only_dataset_is_refused(tmp_path, isolated_cache, capsys):
     folder = tmp_path / "root" / "binarized_mnist"
     folder.mkdir(parents=True)
-    for split in ["train", "test"]:
+    for split in ["train", "valid", "test"]:
         (folder / f"binarized_mnist_{split}.amat").write_text(("0 1 " * 392 + "\n") * 3)
     code = main(["run", "--models", "realnvp", "--dataset", "binarized-mnist", "--budget", "smoke",
                  "--data-root", str(tmp_path / "root"), "--out", str(tmp_path / "out")])
