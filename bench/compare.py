@@ -92,6 +92,8 @@ DEFAULT_RULES: dict[str, Rule] = {
     "train_steps": _INFO,
     "train_examples": _INFO,
     "sampling_nfe": _INFO,
+    "best_epoch": _INFO,
+    "valid_nll": _INFO,
 }
 
 

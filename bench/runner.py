@@ -41,6 +41,7 @@ class Job:
     throughput_cap_s: float = 20.0
     fidelity_samples: int | None = None  # None: the size of the test split
     eval_size: int | None = None  # test images scored for likelihood; None: the whole test split
+    early_stopping: bool = False  # likelihood models: keep the epoch with the best validation NLL
 
     @property
     def key(self) -> str:
@@ -90,10 +91,12 @@ def run_job(job: Job) -> JobOutcome:
         x_test = data.test_split(model.track)[:job.eval_size]
         budget = parse_budget(job.budget)
         result = TrainResult()
+        validation = data.valid_split(model.track) if job.early_stopping and model.likelihood else None
         with measure.PhasePeak(device) as train_memory:
             try:
                 train(model, data.train_images, data.train_labels, budget, device, job.seed,
-                      batch_size=getattr(model, "batch_size", 64), progress=job.progress, result=result)
+                      batch_size=getattr(model, "batch_size", 64), progress=job.progress, result=result,
+                      validation=validation)
             except Diverged as exc:
                 outcome.status, outcome.reason = "diverged", str(exc)
                 outcome.info["diverged_step"] = exc.step
@@ -115,7 +118,12 @@ def run_job(job: Job) -> JobOutcome:
 
 
 def _training_rows(result: TrainResult) -> list[dict]:
-    return [
+    early = []
+    if result.best_epoch is not None:
+        best = result.valid_curve[result.best_epoch - 1]
+        early = [measure.row("best_epoch", result.best_epoch, "epochs", note="early stopping on validation NLL"),
+                 measure.row("valid_nll", best["valid_nll"], "nats", note="validation NLL of the kept weights")]
+    return early + [
         measure.row("train_steps", result.steps, "steps"),
         measure.row("train_examples", result.examples, "examples"),
         measure.row("train_seconds", result.seconds, "s"),

@@ -43,7 +43,8 @@ def check_tracks(model_names: list[str], data) -> None:
 def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], device: str,
               out: Path | None, data_root: str | None, progress: bool = True, isolate: bool = True,
               throughput_cap_s: float = 20.0, fidelity_samples: int | None = None,
-              eval_size: int | None = None, scaling: bool = True) -> tuple[Path, list[dict]]:
+              eval_size: int | None = None, scaling: bool = True,
+              early_stopping: bool = False) -> tuple[Path, list[dict]]:
     parse_budget(budget)  # a malformed budget fails before any work starts
     eval_size = eval_size or default_eval_size(budget)
     fidelity_samples = fidelity_samples or eval_size
@@ -58,7 +59,7 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
         "train_size": len(data.train_images), "test_size": len(data.test_images),
         "valid_size": data.sizes["valid"],
         "image_shape": list(data.image_shape), "budget": budget, "budget_resolved": asdict(parse_budget(budget)),
-        "seeds": seeds, "device": str(torch_device), "data_root": str(data_root) if data_root else None,
+        "early_stopping": early_stopping, "seeds": seeds, "device": str(torch_device), "data_root": str(data_root) if data_root else None,
         "throughput_cap_s": throughput_cap_s, "fidelity_samples": fidelity_samples or len(data.test_images),
         "eval_size": min(eval_size or len(data.test_images), len(data.test_images)),
         "started": datetime.now().isoformat(timespec="seconds"), "versions": results.package_versions(),
@@ -73,7 +74,7 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
     for model_name in models_:
         for seed in seeds:
             job = Job(model_name, dataset, seed, budget, str(torch_device), str(out), data_root, progress,
-                      throughput_cap_s, fidelity_samples, eval_size)
+                      throughput_cap_s, fidelity_samples, eval_size, early_stopping=early_stopping)
             outcome = run_isolated(job) if isolate else run_job(job)
             outcomes.append(asdict(outcome) if not isinstance(outcome, dict) else outcome)
             _print_outcome(outcomes[-1])
