@@ -332,7 +332,7 @@ def _save(outcome, out: Path, track: str):
 def model_rows(model, data, device, job, outcome) -> list[dict]:
     """Worker process, after training: draw samples (seeded) and score them. A failure here becomes a note
     on the job (its other metrics stand), not a failed job."""
-    labelled = classifier_data(data, job.data_root)
+    labelled = classifier_data(data, getattr(job, "data_root", None))
     if labelled is None:
         outcome.notes.append(NO_LABELS_NOTE.format(data.name))
         return []
