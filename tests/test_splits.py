@@ -70,3 +70,14 @@ def test_data_row_images_were_never_trained_on(name, isolated_cache, monkeypatch
     assert not rows(held_out) & rows(seen["model"])
     binary_pick = fidelity.held_out_indices(data, 10_000)
     assert set(binary_pick.tolist()) <= set(range(len(data.valid_images)))  # binary track: the same images
+
+
+def test_binarized_mnist_borrows_the_mnist_classifier_only_when_mnist_is_there(tmp_path, isolated_cache):
+    folder = tmp_path / "binarized_mnist"
+    folder.mkdir()
+    for split, n in [("train", 5), ("valid", 4), ("test", 3)]:
+        np.savetxt(folder / f"binarized_mnist_{split}.amat", np.zeros((n, 784), dtype=int), fmt="%d")
+    data = load_dataset("binarized-mnist", tmp_path)
+    assert fidelity.classifier_data(data, tmp_path) is None  # no MNIST files under this root: no sample quality
+    mnist5k = load_dataset("mnist5k")
+    assert fidelity.classifier_data(mnist5k) is mnist5k  # a labelled dataset uses its own
