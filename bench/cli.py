@@ -15,6 +15,19 @@ def _csv_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _model_args(text: str) -> dict[str, float]:
+    """``lr=0.01,weight_decay=1e-4`` -> {"lr": 0.01, "weight_decay": 0.0001} (numbers only)."""
+    args = {}
+    for part in _csv_list(text):
+        key, _, value = part.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--model-args wants NAME=NUMBER pairs, got {part!r}") from None
+        args[key.strip()] = int(number) if number.is_integer() and "." not in value and "e" not in value else number
+    return args
+
+
 def _seeds(text: str) -> list[int]:
     try:
         return [int(s) for s in _csv_list(text)]
@@ -44,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--throughput-cap", type=float, default=20.0,
                      help="skip a sampling batch size whose projected time exceeds this many seconds")
     run.add_argument("--early-stopping", action="store_true",
-                     help="likelihood models: validation NLL after every epoch, keep the best epoch's weights")
+                     help="likelihood models: validation NLL after every epoch; halve the learning rate after an "
+                          "epoch without improvement, stop after 4 in a row, keep the best epoch's weights")
+    run.add_argument("--model-args", type=_model_args, default={}, metavar="NAME=NUMBER,...",
+                     help="constructor arguments for every model of the run, e.g. lr=0.01,weight_decay=1e-4")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--no-scaling", action="store_true",
                      help="skip the sampling-cost scaling study (untrained models at 8x8, 14x14, 28x28)")
@@ -100,7 +116,7 @@ def cmd_run(args) -> int:
                               progress=not args.no_progress, isolate=not args.in_process,
                               throughput_cap_s=args.throughput_cap, fidelity_samples=args.fid_samples,
                               eval_size=args.eval_size, scaling=not args.no_scaling,
-                              early_stopping=args.early_stopping)
+                              early_stopping=args.early_stopping, model_args=args.model_args)
     failed = [o for o in outcomes if o["status"] == "failed"]
     print(f"results: {out}/ (report.md, report.html, metrics.csv, summary.csv)")
     if failed:

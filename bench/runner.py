@@ -42,6 +42,7 @@ class Job:
     fidelity_samples: int | None = None  # None: the size of the test split
     eval_size: int | None = None  # test images scored for likelihood; None: the whole test split
     early_stopping: bool = False  # likelihood models: keep the epoch with the best validation NLL
+    model_args: dict = field(default_factory=dict)  # constructor arguments (--model-args)
 
     @property
     def key(self) -> str:
@@ -85,7 +86,7 @@ def run_job(job: Job) -> JobOutcome:
     try:
         seed_everything(job.seed)
         data = load_dataset(job.dataset, job.data_root)
-        model = models.build(job.model, image_shape=data.image_shape).to(device)
+        model = models.build(job.model, image_shape=data.image_shape, **job.model_args).to(device)
         outcome.info.update(family=model.family, likelihood=model.likelihood, track=model.track,
                             conditional=model.conditional)
         x_test = data.test_split(model.track)[:job.eval_size]

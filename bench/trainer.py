@@ -62,18 +62,19 @@ class ShuffledBatches:
 def train(model, images: torch.Tensor, labels: torch.Tensor, budget: Budget, device: torch.device,
           seed: int, batch_size: int = 64, progress: bool = True, curve_points: int = 200,
           result: TrainResult | None = None, validation: torch.Tensor | None = None,
-          patience: int = 10) -> TrainResult:
+          patience: int = 4) -> TrainResult:
     """Train ``model`` until ``budget`` is spent. ``result`` (if given) is filled in place, so a
     caller still holds what was bought when ``Diverged`` is raised.
 
     With ``validation`` (images in the track's representation) this is early stopping: the mean
-    validation NLL after every epoch, the best epoch's weights restored at the end, and training ends
-    once ``patience`` epochs bring no improvement."""
+    validation NLL after every epoch, the learning rate halved after an epoch without improvement,
+    the best epoch's weights restored at the end, and training ends once ``patience`` epochs in a row
+    bring no improvement."""
     result = result if result is not None else TrainResult()
-    stopper = EarlyStopping(model, validation, device, patience) if validation is not None else None
+    optimizers = model.configure_optimizers()
+    stopper = EarlyStopping(model, validation, device, patience, optimizers) if validation is not None else None
     generator = torch.Generator().manual_seed(seed)
     batches = ShuffledBatches(images, labels, batch_size, model.track, device, generator)
-    optimizers = model.configure_optimizers()
     steps_per_epoch = max(1, len(images) // batches.batch_size)
     log_every = _log_interval(budget, steps_per_epoch, curve_points)
     model.train()
@@ -117,9 +118,10 @@ class EarlyStopping:
     """Validation NLL after each epoch; keeps a copy of the best weights (the harness's one use of the
     validation split during training)."""
 
-    def __init__(self, model, validation: torch.Tensor, device: torch.device, patience: int, batch: int = 1000):
+    def __init__(self, model, validation: torch.Tensor, device: torch.device, patience: int, optimizers=(),
+                 batch: int = 1000):
         self.model, self.validation, self.device = model, validation, device
-        self.patience, self.batch = patience, batch
+        self.patience, self.batch, self.optimizers = patience, batch, optimizers
         self.best_nll, self.best_state = math.inf, None
 
     @torch.no_grad()
@@ -138,6 +140,10 @@ class EarlyStopping:
         if nll < self.best_nll:
             self.best_nll, result.best_epoch = nll, epoch
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        else:  # a plateau: smaller steps (the optimisers' state, e.g. Adam's moments, is kept)
+            for optimizer in self.optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] /= 2
         return epoch - result.best_epoch >= self.patience
 
     def restore_best(self):
