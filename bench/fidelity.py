@@ -311,8 +311,10 @@ def prepare_run(config: dict, data, device, out, progress: bool = True) -> list[
         values, notes = score(samples, reference, classifier, device, cache_root=out / "fidelity",
                               reference_name=reference_name(data, track, reference))
         outcome.notes += notes
+        trained_on = ("no model trained on them; the borrowed MNIST classifier saw most of them in grey"
+                      if labelled is not data else "never trained on")
         outcome.rows = metric_rows(values, classifier, f"real held-out validation images (random, seed 0, "
-                                                       f"{track} track; never trained on)",
+                                                       f"{track} track; {trained_on})",
                                    reference_description(data, track))
         outcome.wall_seconds = time.perf_counter() - start
         _save(outcome, out, track)
