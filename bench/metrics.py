@@ -75,6 +75,7 @@ FRACTION = Rule("higher", abs=0.05)
 SPEED = Rule("higher", rel=0.70)  # fail only below 0.3x of the baseline
 INFO_LOWER = Rule("lower", gated=False)
 INFO = Rule(None, gated=False)
+MEMORY = Rule("lower", rel=0.50)  # resident memory moves with thread count and libraries
 
 
 def rule_for(metric: str) -> Rule:
@@ -115,9 +116,14 @@ declare("train_steps", "steps", INFO, "optimisation steps the budget bought")
 declare("train_examples", "examples", INFO, "training examples seen")
 declare("train_flops", "FLOP", INFO, "matmul/conv FLOPs of training, forward and backward (torch FlopCounterMode; "
         "elementwise ops not counted)")
-# resident memory moves with thread count and libraries
-declare("peak_memory", "MiB", Rule("lower", rel=0.50),
-        "GPU: max allocated; CPU: peak resident memory of the worker process", 0)
+declare("peak_memory", "MiB", MEMORY, "the larger of peak_memory_train and peak_memory_sample (evaluation excluded)", 0)
+declare("peak_memory_train", "MiB", MEMORY,
+        "peak during training; CPU: the job's own resident set (VmHWM reset at the phase start: interpreter and "
+        "libraries included); GPU: torch-allocated tensors", 0)
+declare("peak_memory_sample", "MiB", MEMORY,
+        "peak while sampling at the batch size in the `batch` column (same measure)", 0)
+declare("best_epoch", "epochs", INFO, "--early-stopping: the epoch whose weights were kept (best validation NLL)", 0)
+declare("valid_nll", "nats", INFO, "--early-stopping: validation NLL of the kept weights", 2)
 declare("params", "count", INFO, "trainable parameters", 0)
 # --- ODE flows (FFJORD): solver cost and the trace estimator's Monte Carlo error, shown, never gated -----
 declare("nll_nfe", "evaluations", INFO, "measured mean function evaluations per likelihood solve", 0)

@@ -1,6 +1,7 @@
 """Runs the suite: one job per (model, dataset, seed), each in a fresh worker process.
 
-A fresh process per job gives each model its own peak-memory figure, and a crash or a divergence in
+A fresh process per job keeps one model's memory out of another's figures (each phase's peak is
+measured by ``measure.PhasePeak``), and a crash or a divergence in
 one model cannot take the others down: the job's outcome is written to ``jobs/<job>.json`` as soon
 as it ends, and the run's tables are rewritten after every job, so nothing computed is lost.
 """
@@ -75,21 +76,24 @@ def run_job(job: Job) -> JobOutcome:
                             conditional=model.conditional)
         x_test = data.test_split(model.track)[:job.eval_size]
         budget = parse_budget(job.budget)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
         result = TrainResult()
-        try:
-            train(model, data.train_images, data.train_labels, budget, device, job.seed,
-                  batch_size=getattr(model, "batch_size", 64), progress=job.progress, result=result)
-        except Diverged as exc:
-            outcome.status, outcome.reason = "diverged", str(exc)
-            outcome.info["diverged_step"] = exc.step
+        validation = data.valid_split(model.track) if job.early_stopping and model.likelihood else None
+        with measure.PhasePeak(device) as train_memory:
+            try:
+                train(model, data.train_images, data.train_labels, budget, device, job.seed,
+                      batch_size=getattr(model, "batch_size", 64), progress=job.progress, result=result,
+                      validation=validation)
+            except Diverged as exc:
+                outcome.status, outcome.reason = "diverged", str(exc)
+                outcome.info["diverged_step"] = exc.step
         outcome.curve = result.curve
         outcome.rows += _training_rows(result)
+        outcome.rows.append(measure.row("peak_memory_train", train_memory.mib, "MiB", note=train_memory.what))
+        outcome.info["memory_method"] = train_memory.method
         outcome.rows.append(measure.row("params", measure.param_count(model), "count"))
         if outcome.status == "ok":
             outcome.rows += _evaluate(model, data, x_test, device, job, outcome)
-        outcome.rows.append(measure.row("peak_memory", measure.peak_memory_mib(device), "MiB"))
+        outcome.rows.append(_peak_memory_row(outcome.rows))
     except Exception as exc:  # recorded as a failed job; the suite goes on
         outcome.status = "failed"
         outcome.reason = f"{type(exc).__name__}: {exc}"
@@ -100,7 +104,12 @@ def run_job(job: Job) -> JobOutcome:
 
 
 def _training_rows(result: TrainResult) -> list[dict]:
-    return [
+    early = []
+    if result.best_epoch is not None:
+        best = result.valid_curve[result.best_epoch - 1]
+        early = [measure.row("best_epoch", result.best_epoch, "epochs", note="early stopping on validation NLL"),
+                 measure.row("valid_nll", best["valid_nll"], "nats", note="validation NLL of the kept weights")]
+    return early + [
         measure.row("train_steps", result.steps, "steps"),
         measure.row("train_examples", result.examples, "examples"),
         measure.row("train_seconds", result.seconds, "s"),
@@ -108,6 +117,13 @@ def _training_rows(result: TrainResult) -> list[dict]:
         measure.row("train_flops", result.flops, "FLOP", "counted",
                     note=f"steps x {result.flops_per_step:.4g} matmul/conv FLOPs per step (bench.flops)"),
     ]
+
+
+def _peak_memory_row(rows: list[dict]) -> dict:
+    """The larger of the training and sampling peaks; evaluation (likelihood, FID) is not included."""
+    peaks = [r["value"] for r in rows if r["metric"] in ("peak_memory_train", "peak_memory_sample")]
+    return measure.row("peak_memory", max(peaks), "MiB", note="max of peak_memory_train and peak_memory_sample "
+                       "(every batch); evaluation excluded")
 
 
 def _evaluate(model, data, x_test, device, job: Job, outcome: JobOutcome) -> list[dict]:
@@ -153,7 +169,7 @@ def _save_outcome(outcome: JobOutcome, out: Path):
 
 
 def run_isolated(job: Job) -> JobOutcome:
-    """``run_job`` in a fresh spawned process (its own memory peak, and a crash stays there)."""
+    """``run_job`` in a fresh spawned process (its own memory, and a crash stays there)."""
     context = multiprocessing.get_context("spawn")
     try:
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:

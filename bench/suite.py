@@ -40,11 +40,24 @@ def check_tracks(model_names: list[str], data) -> None:
                             f"drop it from --models or use --dataset mnist5k or mnist")
 
 
+def check_model_args(model_names: list[str], model_args: dict) -> None:
+    import inspect
+
+    import models
+
+    for name in model_names:
+        accepted = inspect.signature(models.model_class(name).__init__).parameters
+        unknown = [k for k in model_args if k not in accepted]
+        if unknown:
+            raise UserError(f"model {name!r} takes no argument {', '.join(unknown)}; it takes "
+                            f"{', '.join(p for p in accepted if p not in ('self', 'image_shape'))}")
+
+
 def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], device: str,
               out: Path | None, data_root: str | None, progress: bool = True, isolate: bool = True,
               throughput_cap_s: float = 20.0, fidelity_samples: int | None = None,
               eval_size: int | None = None, scaling: bool = True,
-              model_args: dict[str, dict] | None = None) -> tuple[Path, list[dict]]:
+              early_stopping: bool = False, model_args: dict[str, dict] | None = None) -> tuple[Path, list[dict]]:
     from bench.settings import resolve_model_args
 
     parse_budget(budget)  # a malformed budget fails before any work starts
@@ -55,14 +68,17 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
     torch_device = resolve_device(device)
     data = load_dataset(dataset, data_root)  # a missing dataset fails before any work starts
     check_tracks(models_, data)
+    model_args = model_args or {}
+    check_model_args(models_, model_args)
     out = Path(out) if out else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
 
     config = {
         "models": models_, "dataset": dataset, "dataset_description": data.description,
         "train_size": len(data.train_images), "test_size": len(data.test_images),
+        "valid_size": data.sizes["valid"],
         "image_shape": list(data.image_shape), "budget": budget, "budget_resolved": asdict(parse_budget(budget)),
-        "seeds": seeds, "device": str(torch_device), "data_root": str(data_root) if data_root else None,
+        "early_stopping": early_stopping, "model_args": model_args, "seeds": seeds, "device": str(torch_device), "data_root": str(data_root) if data_root else None,
         "throughput_cap_s": throughput_cap_s, "fidelity_samples": fidelity_samples or len(data.test_images),
         "eval_size": min(eval_size or len(data.test_images), len(data.test_images)),
         "started": datetime.now().isoformat(timespec="seconds"), "versions": results.package_versions(),
@@ -78,7 +94,8 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
     for model_name in models_:
         for seed in seeds:
             job = Job(model_name, dataset, seed, budget, str(torch_device), str(out), data_root, progress,
-                      throughput_cap_s, fidelity_samples, eval_size, model_args.get(model_name, {}))
+                      throughput_cap_s, fidelity_samples, eval_size, early_stopping=early_stopping,
+                      model_args=model_args.get(model_name, {}))
             outcome = run_isolated(job) if isolate else run_job(job)
             outcomes.append(asdict(outcome) if not isinstance(outcome, dict) else outcome)
             _print_outcome(outcomes[-1])

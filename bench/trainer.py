@@ -37,6 +37,8 @@ class TrainResult:
     flops: float = 0.0  # matmul/conv FLOPs of the steps run (bench.flops), forward and backward
     flops_per_step: float = float("nan")  # at the training batch size; NaN when it could not be counted
     curve: list[dict] = field(default_factory=list)  # {"step", "seconds", "loss"}
+    valid_curve: list[dict] = field(default_factory=list)  # early stopping: {"epoch", "valid_nll"}
+    best_epoch: int | None = None
 
     @property
     def throughput(self) -> float:
@@ -65,13 +67,20 @@ class ShuffledBatches:
 
 def train(model, images: torch.Tensor, labels: torch.Tensor, budget: Budget, device: torch.device,
           seed: int, batch_size: int = 64, progress: bool = True, curve_points: int = 200,
-          result: TrainResult | None = None) -> TrainResult:
+          result: TrainResult | None = None, validation: torch.Tensor | None = None,
+          patience: int = 4) -> TrainResult:
     """Train ``model`` until ``budget`` is spent. ``result`` (if given) is filled in place, so a
-    caller still holds what was bought when ``Diverged`` is raised."""
+    caller still holds what was bought when ``Diverged`` is raised.
+
+    With ``validation`` (images in the track's representation) this is early stopping: the mean
+    validation NLL after every epoch, the learning rate halved after an epoch without improvement,
+    the best epoch's weights restored at the end, and training ends once ``patience`` epochs in a row
+    bring no improvement."""
     result = result if result is not None else TrainResult()
+    optimizers = model.configure_optimizers()
+    stopper = EarlyStopping(model, validation, device, patience, optimizers) if validation is not None else None
     generator = torch.Generator().manual_seed(seed)
     batches = ShuffledBatches(images, labels, batch_size, model.track, device, generator)
-    optimizers = model.configure_optimizers()
     steps_per_epoch = max(1, len(images) // batches.batch_size)
     model.train()
     result.flops_per_step = step_flops(model, images, labels, batches.batch_size, device, seed,
@@ -110,9 +119,13 @@ def train(model, images: torch.Tensor, labels: torch.Tensor, budget: Budget, dev
                      "epochs": round(result.steps / steps_per_epoch, 2)}[budget.kind]
             if result.steps % 20 == 0:
                 bar.refresh()
+            if stopper and result.steps % steps_per_epoch == 0 and stopper.epoch_done(result):
+                break
     finally:
         bar.close()
         model.eval()
+        if stopper:
+            stopper.restore_best()
     if not result.curve or result.curve[-1]["step"] != result.steps:
         result.curve.append({"step": result.steps, "seconds": result.seconds, "loss": loss})
     return result
@@ -136,6 +149,43 @@ def step_flops(model, images, labels, batch_size: int, device: torch.device, see
         raise RuntimeError("a FLOP budget needs a step's FLOPs, but the counter saw no matmul/conv work in "
                            f"{model.name}'s train_step; use a step or time budget for it")
     return per_step
+
+
+class EarlyStopping:
+    """Validation NLL after each epoch; keeps a copy of the best weights (the harness's one use of the
+    validation split during training)."""
+
+    def __init__(self, model, validation: torch.Tensor, device: torch.device, patience: int, optimizers=(),
+                 batch: int = 1000):
+        self.model, self.validation, self.device = model, validation, device
+        self.patience, self.batch, self.optimizers = patience, batch, optimizers
+        self.best_nll, self.best_state = math.inf, None
+
+    @torch.no_grad()
+    def valid_nll(self) -> float:
+        self.model.eval()
+        total = sum(self.model.nll(self.validation[i:i + self.batch].to(self.device)).double().sum().item()
+                    for i in range(0, len(self.validation), self.batch))
+        self.model.train()
+        return total / len(self.validation)
+
+    def epoch_done(self, result: TrainResult) -> bool:
+        """Record this epoch; True when training should stop (no improvement for ``patience`` epochs)."""
+        epoch = len(result.valid_curve) + 1
+        nll = self.valid_nll()
+        result.valid_curve.append({"epoch": epoch, "step": result.steps, "valid_nll": nll})
+        if nll < self.best_nll:
+            self.best_nll, result.best_epoch = nll, epoch
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        else:  # a plateau: smaller steps (the optimisers' state, e.g. Adam's moments, is kept)
+            for optimizer in self.optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] /= 2
+        return epoch - result.best_epoch >= self.patience
+
+    def restore_best(self):
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
 
 
 def _log_interval(budget: Budget, steps_per_epoch: int, points: int, flops_per_step: float = float("nan")) -> int:

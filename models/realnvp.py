@@ -6,9 +6,13 @@ translation t for the other half,
 
     y = x_m + (1 - m) * (x * exp(s(x_m)) + t(x_m)),     log|det J| = sum (1 - m) * s,
 
-inverted exactly by x = y_m + (1 - m) * (y - t(y_m)) * exp(-s(y_m)). The likelihood is exact by the
+inverted exactly by x = y_m + (1 - m) * (y - t(y_m)) * exp(-s(y_m)). The *density* is exact by the
 change of variables, and sampling is one inverse pass: the other end of the sampling-cost story from
 FVSBN's D sequential steps.
+
+The trap: the data are discrete (8-bit pixels). A continuous density scored on uniformly dequantized
+pixels gives, by Jensen, an upper bound on the discrete NLL, not the NLL itself (Theis, van den Oord
+& Bethge 2016), so the likelihood kind is ``bound``, never ``exact``.
 
 Image version as in the paper, at small scale: uniform dequantization (8bit track), a logit
 transform, checkerboard couplings at full resolution, a squeeze (C x H x W -> 4C x H/2 x W/2),
@@ -92,7 +96,7 @@ class AffineCoupling(nn.Module):
 @register("realnvp")
 class RealNVP(GenerativeModel):
     family = "flow"
-    likelihood = "exact"
+    likelihood = "bound"  # a continuous density on dequantized 8-bit data: an upper bound on the discrete NLL
     track = "8bit"
 
     def __init__(self, image_shape=(1, 28, 28), hidden: int = 32, n_full: int = 3, n_channel: int = 3,

@@ -10,7 +10,9 @@ from bench.errors import UserError
 
 def test_mnist5k_split_is_stratified_disjoint_and_cached(isolated_cache):
     data = load_dataset("mnist5k")
-    assert data.train_images.shape == (4000, 1, 28, 28) and data.test_images.shape == (1000, 1, 28, 28)
+    assert data.train_images.shape == (3000, 1, 28, 28) and data.test_images.shape == (1000, 1, 28, 28)
+    assert data.valid_images.shape == (1000, 1, 28, 28)
+    assert torch.equal(torch.bincount(data.valid_labels), torch.full((10,), 100))
     assert data.train_images.dtype == torch.uint8
     assert torch.equal(torch.bincount(data.test_labels), torch.full((10,), 100))
     train = {bytes(x.numpy()) for x in data.train_images}
@@ -61,9 +63,10 @@ def test_binarized_mnist_reads_amat_files(tmp_path, isolated_cache):
     folder = tmp_path / "binarized_mnist"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    arrays = {s: rng.integers(0, 2, size=(n, 784)) for s, n in [("train", 6), ("test", 4)]}
+    arrays = {s: rng.integers(0, 2, size=(n, 784)) for s, n in [("train", 6), ("valid", 3), ("test", 4)]}
     for split, array in arrays.items():
         np.savetxt(folder / f"binarized_mnist_{split}.amat", array, fmt="%d")
     data = load_dataset("binarized-mnist", tmp_path)
     assert torch.equal(data.test_split("binary").flatten(1), torch.from_numpy(arrays["test"]).float())
     assert torch.equal(to_track(data.train_images, "binary").flatten(1), torch.from_numpy(arrays["train"]).float())
+    assert torch.equal(data.valid_split("binary").flatten(1), torch.from_numpy(arrays["valid"]).float())

@@ -70,7 +70,7 @@ def test_fid_of_a_set_against_itself_is_zero(mnist5k, tiny):
 
 
 def test_noise_fid_far_above_real_data(mnist5k, tiny):
-    real = fidelity.real_training_images(mnist5k, 1000, "8bit")
+    real = fidelity.held_out_images(mnist5k, 1000, "8bit")
     noise = torch.randint(0, 256, (1000, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     data_row, _ = fidelity.score(real, mnist5k.test_images, tiny)
     noise_row, _ = fidelity.score(noise, mnist5k.test_images, tiny)
@@ -256,7 +256,7 @@ def test_suite_scores_uniform_noise_far_below_a_trained_model(tmp_path):
     assert fid[("uniform-noise", "8bit")] > 10 * fid[("data", "8bit")]
     assert fid[("uniform-noise", "8bit")] > fid[("fvsbn", "binary")]  # even 20 steps of training beat noise
     # smoke evaluates 200 samples (the preset's evaluation size) against all 360 test images
-    assert quality.note.str.contains("200 samples|200 real training images").all()
+    assert quality.note.str.contains("200 samples|200 real held-out validation images").all()
     assert quality[quality.metric == "fid"].note.str.contains("vs 360").all()
     config = pd.read_json(out / "config.json", typ="series")
     assert 0.5 < config["classifier_accuracy"] <= 1.0 and config["fidelity_reference_split"] == "test"

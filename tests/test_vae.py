@@ -165,3 +165,20 @@ def test_bad_arguments_are_named():
         ConvVAE((1, 8, 8)).iwae_nll(torch.zeros(1, 1, 8, 8), k=0)
     with pytest.raises(ValueError, match="binary"):
         ConvVAE((1, 8, 8)).nll(torch.full((1, 1, 8, 8), 255.0))
+
+
+def test_samples_are_binary_draws_with_the_decoders_pixel_means():
+    """sample() draws x ~ Bernoulli(p(x | z)), z ~ N(0, I): binary pixels whose average over many draws
+    is the model's marginal pixel mean E_z[sigmoid(decoder(z))], estimated independently."""
+    torch.manual_seed(0)
+    model = models.build("vae-z4", image_shape=(1, 8, 8)).eval()
+    with torch.no_grad():  # pixel means far from the untrained 0.5, different per pixel
+        for p in model.decoder.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    n = 4000
+    draws = model.sample(n)
+    assert set(draws.unique().tolist()) <= {0.0, 1.0}
+    means = model.sample_means(n)
+    diff = draws.mean(0) - means.mean(0)
+    stderr = torch.sqrt(draws.var(0) / n + means.var(0) / n) + 1e-6
+    assert (diff.abs() < 5 * stderr).all(), (diff / stderr).abs().max()
