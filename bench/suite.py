@@ -40,19 +40,6 @@ def check_tracks(model_names: list[str], data) -> None:
                             f"drop it from --models or use --dataset mnist5k or mnist")
 
 
-def check_model_args(model_names: list[str], model_args: dict) -> None:
-    import inspect
-
-    import models
-
-    for name in model_names:
-        accepted = inspect.signature(models.model_class(name).__init__).parameters
-        unknown = [k for k in model_args if k not in accepted]
-        if unknown:
-            raise UserError(f"model {name!r} takes no argument {', '.join(unknown)}; it takes "
-                            f"{', '.join(p for p in accepted if p not in ('self', 'image_shape'))}")
-
-
 def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], device: str,
               out: Path | None, data_root: str | None, progress: bool = True, isolate: bool = True,
               throughput_cap_s: float = 20.0, fidelity_samples: int | None = None,
@@ -68,8 +55,6 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
     torch_device = resolve_device(device)
     data = load_dataset(dataset, data_root)  # a missing dataset fails before any work starts
     check_tracks(models_, data)
-    model_args = model_args or {}
-    check_model_args(models_, model_args)
     out = Path(out) if out else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -78,7 +63,8 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
         "train_size": len(data.train_images), "test_size": len(data.test_images),
         "valid_size": data.sizes["valid"],
         "image_shape": list(data.image_shape), "budget": budget, "budget_resolved": asdict(parse_budget(budget)),
-        "early_stopping": early_stopping, "model_args": model_args, "seeds": seeds, "device": str(torch_device), "data_root": str(data_root) if data_root else None,
+        "early_stopping": early_stopping, "seeds": seeds, "device": str(torch_device),
+        "data_root": str(data_root) if data_root else None,
         "throughput_cap_s": throughput_cap_s, "fidelity_samples": fidelity_samples or len(data.test_images),
         "eval_size": min(eval_size or len(data.test_images), len(data.test_images)),
         "started": datetime.now().isoformat(timespec="seconds"), "versions": results.package_versions(),

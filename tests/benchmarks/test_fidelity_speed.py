@@ -27,7 +27,7 @@ def setting(tmp_path_factory):
         mp.setenv("BENCH_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
         data = load_dataset("mnist5k")
         classifier = load_or_train(data, "cpu", spec=TrainingSpec(epochs=1, min_steps=40, max_steps=40))
-    everything = torch.cat([data.train_images, data.test_images])  # 5,000 digits
+    everything = torch.cat([data.train_images, data.valid_images, data.test_images])  # 5,000 digits
     return classifier, everything
 
 
