@@ -23,6 +23,11 @@ PRESETS = {"smoke": "20steps", "default": "60s", "flops": "3e12flops", "full": "
 # The smoke preset also evaluates on a subset (test images for likelihoods, samples for FID), so the
 # whole suite runs in CI minutes; every other budget uses the whole test split unless --eval-size says.
 PRESET_EVAL_SIZE = {"smoke": 200}
+# ... and its run's scaling study times latency (batch 1) only; every other budget adds batch 1,024.
+PRESET_SCALING_BATCHES = {"smoke": (1,)}
+# ... and skips a sampling batch projected past 8 s (every other budget: 20 s), so the suite stays in minutes.
+DEFAULT_THROUGHPUT_CAP_S = 20.0
+PRESET_THROUGHPUT_CAP_S = {"smoke": 8.0}
 FORMS = "a preset (smoke, default, flops, full) or an amount such as 500steps, 90s, 5min, 3epochs, 2e12flops, 1.5tflops"
 
 
@@ -42,6 +47,15 @@ class Budget:
 
 def default_eval_size(budget_text: str) -> int | None:
     return PRESET_EVAL_SIZE.get(budget_text.strip())
+
+
+def throughput_cap(budget_text: str) -> float:
+    return PRESET_THROUGHPUT_CAP_S.get(budget_text.strip(), DEFAULT_THROUGHPUT_CAP_S)
+
+
+def scaling_batches(budget_text: str) -> tuple[int, ...] | None:
+    """The batches a run's scaling study times under this budget; None: the study's defaults."""
+    return PRESET_SCALING_BATCHES.get(budget_text.strip())
 
 
 def parse_budget(text: str) -> Budget:

@@ -41,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="samples per model for FID/IS/KID/PR (default: the test split's size)")
     run.add_argument("--eval-size", type=int, default=None,
                      help="test images scored for likelihood (default: the whole test split; smoke: 200)")
-    run.add_argument("--throughput-cap", type=float, default=20.0,
-                     help="skip a sampling batch size whose projected time exceeds this many seconds")
+    run.add_argument("--throughput-cap", type=float, default=None,
+                     help="skip a sampling batch size whose projected time exceeds this many seconds "
+                          "(default 20; smoke: 8)")
     run.add_argument("--early-stopping", action="store_true",
                      help="likelihood models: validation NLL after every epoch; halve the learning rate after an "
                           "epoch without improvement, stop after 4 in a row, keep the best epoch's weights")

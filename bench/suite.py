@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bench import results
-from bench.budgets import default_eval_size, parse_budget
+from bench.budgets import default_eval_size, parse_budget, scaling_batches, throughput_cap
 from bench.data import dataset_summaries, load_dataset
 from bench.errors import UserError
 from bench.runner import Job, resolve_device, run_isolated, run_job
@@ -42,7 +42,7 @@ def check_tracks(model_names: list[str], data) -> None:
 
 def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], device: str,
               out: Path | None, data_root: str | None, progress: bool = True, isolate: bool = True,
-              throughput_cap_s: float = 20.0, fidelity_samples: int | None = None,
+              throughput_cap_s: float | None = None, fidelity_samples: int | None = None,
               eval_size: int | None = None, scaling: bool = True,
               early_stopping: bool = False, model_args: dict[str, dict] | None = None) -> tuple[Path, list[dict]]:
     from bench.settings import resolve_model_args
@@ -51,6 +51,7 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
     model_args = model_args or {}
     model_settings = resolve_model_args(model_args, models_)
     eval_size = eval_size or default_eval_size(budget)
+    throughput_cap_s = throughput_cap_s or throughput_cap(budget)
     fidelity_samples = fidelity_samples or eval_size
     torch_device = resolve_device(device)
     data = load_dataset(dataset, data_root)  # a missing dataset fails before any work starts
@@ -87,7 +88,7 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
             _print_outcome(outcomes[-1])
             results.write_tables(out, outcomes)  # after every job: nothing computed is lost
     if scaling:
-        _scaling_study(out, models_, torch_device)
+        _scaling_study(out, models_, torch_device, scaling_batches(budget))
     config["wall_seconds"] = round(time.perf_counter() - started, 1)
     results.write_json(out / "config.json", config)
     from bench import report
@@ -103,13 +104,13 @@ def _prepare_shared(config: dict, data, device, out: Path, progress: bool) -> li
     return fidelity.prepare_run(config, data, device, out, progress)
 
 
-def _scaling_study(out: Path, model_names: list[str], device) -> None:
+def _scaling_study(out: Path, model_names: list[str], device, batches=None) -> None:
     """The sampling-cost scaling study (untrained models, seconds) into the run's folder, for the report.
     A failure here is printed and leaves the run's results as they are."""
     from bench import scaling
 
     try:
-        scaling.study_into(out, model_names, device)
+        scaling.study_into(out, model_names, device, **({"batches": batches} if batches else {}))
     except Exception as exc:  # the models' own results are already on disk
         print(f"scaling study failed: {type(exc).__name__}: {exc}", flush=True)
 
