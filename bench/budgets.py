@@ -1,6 +1,6 @@
 """Training budgets: how much training a model gets, as steps, seconds or epochs.
 
-Presets (DESIGN.md): ``smoke`` is a few steps per model, seconds for the whole suite (tests, CI) and
+Presets (docs/design.md): ``smoke`` is a few steps per model, seconds for the whole suite (tests, CI) and
 reproducible with a fixed seed because it counts steps; ``default`` is about a minute of training per
 model on a 2-core CPU, what ``run --all`` uses; ``flops`` buys every model the same training work,
 3e12 matmul/conv FLOPs (bench.flops), which on the 2-core CPU is 30 s to 100 s depending on the model, and

@@ -1,7 +1,7 @@
 """The evaluation classifier: a small CNN the suite trains per dataset for its sample-quality metrics.
 
 torch-fidelity's InceptionV3 cannot be downloaded here and fits 28x28 grey digits poorly, so the suite
-trains its own classifier (DESIGN.md, "Sample quality without Inception"): penultimate features feed
+trains its own classifier (docs/design.md, "Traps"): penultimate features feed
 FID, KID and precision/recall, logits feed the inception score (``bench.fidelity`` registers it with
 torch-fidelity).
 

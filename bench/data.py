@@ -14,7 +14,7 @@ the test split, so the data row's FID is at the models' sample count); digits 1,
 fashion-mnist 50,000 / 10,000 (the last 10,000 training images) / 10,000; binarized-mnist 50,000 / 10,000
 (its own validation file) / 10,000.
 
-A *track* is the representation a model sees (DESIGN.md, "Data tracks"):
+A *track* is the representation a model sees (docs/design.md, "Data tracks"):
 
 - ``binary``: training batches are binarized afresh each time (dynamic binarization, x ~ Bernoulli(p/255));
   the test split uses one fixed binarization (a seeded draw, or the Larochelle file for

@@ -26,7 +26,7 @@ FIDELITY_METRICS = ["fid", "kid", "is", "precision", "recall", "class_accuracy"]
 TRACK_ORDER = plots.TRACK_ORDER
 
 
-# --- published reference figures (DESIGN.md, "Reference numbers"): the one place they live ---------
+# --- published reference figures (docs/design.md): the one place they live ---------
 @dataclass(frozen=True)
 class Reference:
     pattern: str  # regular expression for the model names it applies to (plus any "-variant" suffix)

@@ -1,4 +1,4 @@
-"""The files a run leaves (DESIGN.md, "Results"): metrics.csv, summary.csv, config.json, jobs.csv.
+"""The files a run leaves (docs/design.md, "Result files"): metrics.csv, summary.csv, config.json, jobs.csv.
 
 ``metrics.csv`` is tidy, one row per (model, dataset, seed, metric[, batch][, steps]); ``summary.csv`` has
 one row per (model, dataset) with the mean, standard deviation and count over seeds of every metric. A

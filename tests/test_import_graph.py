@@ -94,3 +94,11 @@ def test_models_never_import_the_harness():
     offenders = {m: sorted(d for d in deps if d.startswith("bench")) for m, deps in graph.items()
                  if m.startswith("models") and any(d.startswith("bench") for d in deps)}
     assert offenders == {}
+
+
+def test_code_cites_no_file_outside_the_repository():
+    """Design notes live in docs/; nothing under bench/, models/ or tests/ points outside the repository."""
+    outside = ("DESIGN" + ".md", "shared/" + "docs")  # spelled apart so this file does not match itself
+    offenders = [str(p.relative_to(ROOT)) for pkg in ("bench", "models", "tests") for p in (ROOT / pkg).rglob("*.py")
+                 if any(name in p.read_text() for name in outside)]
+    assert offenders == [] and (ROOT / "docs" / "design.md").is_file()

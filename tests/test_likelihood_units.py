@@ -1,4 +1,4 @@
-"""bits/dim conversions on cases computed by hand (DESIGN.md, "Data tracks")."""
+"""bits/dim conversions on cases computed by hand (docs/design.md, "Data tracks")."""
 import math
 
 import torch
