@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import measure, steps_curve
+from bench import evaluation, measure
 from bench.budgets import parse_budget
 from bench.data import load_dataset
 from bench.jobs import Job, JobOutcome, save_outcome
 from bench.trainer import Diverged, TrainResult, train
 
-SAMPLE_GRID = 64
 # Torch threads per job. One: on the 2-core development machine, shared, a job ran its training steps
 # 4 to 25x faster with 1 thread than with 2 (FVSBN, cGAN; fresh processes, medians). Override with
 # $GENBENCH_THREADS (e.g. 2 on an idle multi-core machine).
@@ -127,41 +126,9 @@ def _peak_memory_row(rows: list[dict]) -> dict:
 
 
 def _evaluate(model, data, x_test, device, job: Job, outcome: JobOutcome) -> list[dict]:
-    from torchvision.utils import save_image
-
-    rows = []
-    seed_everything(job.seed)
-    if model.likelihood:
-        rows += measure.test_likelihood(model, x_test, device, job.seed, progress=job.progress)
-        rows += model.extra_metrics(x_test.to(device))
-    throughput, notes = measure.sample_throughput(model, device, max_seconds=job.throughput_cap_s)
-    rows += throughput
-    outcome.notes += notes
-    rows.append(measure.row("sampling_nfe", model.sampling_nfe, "evaluations", "exact"))
-
-    seed_everything(job.seed)
-    grid_labels = torch.arange(SAMPLE_GRID) // 8 % model.num_classes if model.conditional else None
-    grid, _ = measure.draw_samples(model, SAMPLE_GRID, device, labels=grid_labels, progress=False)
-    grid_path = Path(job.out) / "samples" / f"{job.key}.png"
-    grid_path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid.float() / 255.0, grid_path, nrow=8, padding=2, pad_value=0.5)
-    outcome.info["sample_grid"] = str(grid_path.relative_to(job.out))
-    rows += _sample_quality(model, data, device, job, outcome)
-    outcome.info.setdefault("checks", []).extend(_self_checks(model, x_test, device))
-    return steps_curve.evaluate(model, data, device, job, outcome, rows)  # sampler notes, quality against steps
-
-
-def _self_checks(model, x_test, device) -> list[dict]:
-    from bench import checks
-
-    return checks.model_checks(model, x_test, device)
-
-
-def _sample_quality(model, data, device, job: Job, outcome: JobOutcome) -> list[dict]:
-    """FID, IS, KID, precision/recall (and class accuracy) through the evaluation classifier."""
-    from bench import fidelity
-
-    return fidelity.model_rows(model, data, device, job, outcome)
+    """The registered measurements (bench.evaluation), in order, on the trained model."""
+    context = evaluation.Context(model, data, x_test, device, job, outcome)
+    return evaluation.evaluate(context, reseed=lambda: seed_everything(job.seed))
 
 
 def _save_outcome(outcome: JobOutcome, out: Path):

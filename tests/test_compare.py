@@ -287,10 +287,10 @@ def test_nan_is_stored_as_null(tmp_path):
 def test_real_smoke_run_round_trips_through_a_baseline(tmp_path, isolated_cache, capsys, monkeypatch):
     # In process, without the sample-quality stage: a fresh cache would otherwise train the evaluation
     # classifier first (minutes); training, likelihood and throughput rows are enough for the round trip.
-    from bench import runner, suite
+    from bench import evaluation, suite
 
     monkeypatch.setattr(suite, "_prepare_shared", lambda *args, **kwargs: [])
-    monkeypatch.setattr(runner, "_sample_quality", lambda *args, **kwargs: [])
+    monkeypatch.setattr(evaluation.SampleQuality, "measure", lambda self, ctx: [])
     run = tmp_path / "run"
     assert main(["run", "--models", "fvsbn", "--budget", "smoke", "--out", str(run), "--no-progress",
                  "--in-process"]) == 0

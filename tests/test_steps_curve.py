@@ -169,3 +169,34 @@ def test_report_has_the_curve_section_and_names_each_chain(tmp_path):
             "NFE / sample are for its sampler: ancestral, 50 respaced steps.") in text
     summary = report.summary_table(*[getattr(report.load_run(folder), a) for a in ("summary", "metrics", "info")])
     assert summary.set_index("model").loc["ddpm", "FID"].startswith("12.50")  # the headline, not a curve point
+
+
+def test_the_runner_walks_the_registered_measurements_and_a_new_one_is_one_registration(tmp_path, monkeypatch):
+    """A measurement registered in bench.evaluation runs on every job it applies to; its rows reach metrics.csv."""
+    from bench import evaluation, suite
+    from bench.cli import main
+
+    class ParameterNorm(evaluation.Measurement):
+        name = "parameter norm"
+
+        def applies(self, model):
+            return model.likelihood == "exact"
+
+        def measure(self, ctx):
+            norm = sum(float(p.detach().pow(2).sum()) for p in ctx.model.parameters()) ** 0.5
+            return [{"metric": "param_norm", "value": norm, "unit": "", "kind": "measured"}]
+
+    monkeypatch.setattr(evaluation, "MEASUREMENTS", list(evaluation.MEASUREMENTS))
+    monkeypatch.setattr(suite, "_prepare_shared", lambda *args, **kwargs: [])
+    monkeypatch.setattr(evaluation.SampleQuality, "measure", lambda self, ctx: [])
+    evaluation.register_measurement(ParameterNorm(), before="sample grid")
+    names = [m.name for m in evaluation.MEASUREMENTS]
+    assert names.index("parameter norm") == names.index("sample grid") - 1
+    out = tmp_path / "run"
+    assert main(["run", "--models", "fvsbn,cgan", "--budget", "2steps", "--out", str(out), "--no-progress",
+                 "--in-process", "--no-scaling", "--eval-size", "20"]) == 0
+    metrics = pd.read_csv(out / "metrics.csv")
+    norms = metrics[metrics.metric == "param_norm"]
+    assert list(norms.model) == ["fvsbn"] and norms.value.item() > 0  # cgan has no exact likelihood
+    with pytest.raises(ValueError, match="twice"):
+        evaluation.register_measurement(ParameterNorm())
