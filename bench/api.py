@@ -11,25 +11,14 @@ raises ``bench.errors.UserError`` with the fix in its message, as the CLI would 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from bench import results
-from bench.errors import UserError
 
 
-@dataclass
-class RunTables:
-    """The tables of one stored run, as DataFrames (and its configuration as a dict)."""
-
-    folder: Path
-    metrics: pd.DataFrame
-    summary: pd.DataFrame
-    jobs: pd.DataFrame
-    curves: pd.DataFrame
-    config: dict
+RunTables = results.RunFiles  # folder, config, metrics, summary, jobs, curves
 
 
 def run(models: str | list[str] = "all", dataset: str = "mnist5k", budget: str = "default",
@@ -52,17 +41,4 @@ def run(models: str | list[str] = "all", dataset: str = "mnist5k", budget: str =
 
 def load(run_dir: str | Path) -> RunTables:
     """The tables a ``bench run`` left in ``run_dir`` (metrics, summary, jobs, curves, config)."""
-    folder = Path(run_dir)
-    if not (folder / "metrics.csv").is_file():
-        raise UserError(f"{folder} holds no metrics.csv: give the folder of a `bench run`")
-
-    def table(name: str, **read) -> pd.DataFrame:
-        path = folder / name
-        return pd.read_csv(path, **read) if path.is_file() else pd.DataFrame()
-
-    metrics = table("metrics.csv", dtype={"note": str, "kind": str})
-    if "batch" in metrics:
-        metrics["batch"] = metrics["batch"].astype("Int64")
-    config = results.read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
-    return RunTables(folder, metrics, table("summary.csv"), table("jobs.csv", keep_default_na=False),
-                     table("curves.csv"), config)
+    return results.load_run(run_dir)

@@ -242,10 +242,9 @@ def cmd_baseline(args) -> int:
 
 def cmd_scaling(args) -> int:
     """Measure, write the files into --out; a run's folder as --out gains the section in its report."""
-    from datetime import datetime
     from pathlib import Path
 
-    from bench import scaling
+    from bench import results, scaling
     from bench.runner import resolve_device
     from bench.scaling_tables import markdown_lines
     from bench.suite import resolve_models
@@ -256,7 +255,7 @@ def cmd_scaling(args) -> int:
     batches = [args.batch] if isinstance(args.batch, int) else list(args.batch)
     if not batches or any(b < 1 for b in batches):
         raise UserError(f"--batch must be positive batch sizes, e.g. 1,1024; got {args.batch}")
-    out = Path(args.out) if args.out else Path("results") / datetime.now().strftime("scaling-%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else results.default_out_dir("scaling-")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: give a folder")
     timings, fits, skipped, meta = scaling.study_into(out, names, resolve_device(args.device), list(args.sizes),

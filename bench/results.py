@@ -11,10 +11,14 @@ import json
 import os
 import platform
 import subprocess
+from dataclasses import dataclass
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
+
+from bench.errors import UserError
 
 METRIC_COLUMNS = ["model", "family", "dataset", "track", "seed", "budget", "metric", "value", "unit", "kind",
                   "batch", "steps", "note", "ci_low", "ci_high"]  # ci_*: 95% bootstrap interval (sample quality)
@@ -145,3 +149,50 @@ def write_json(path: Path, payload: dict):
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+# --- reading a run back ------------------------------------------------------------------------
+def default_out_dir(prefix: str = "") -> Path:
+    """``results/<prefix><timestamp>``: where a run (or a scaling study) goes without ``--out``."""
+    return Path("results") / datetime.now().strftime(f"{prefix}%Y%m%d-%H%M%S")
+
+
+@dataclass
+class RunFiles:
+    """The tables a ``bench run`` left in its folder, read back (the one reader: report, compare, API)."""
+
+    folder: Path
+    config: dict
+    metrics: pd.DataFrame
+    summary: pd.DataFrame
+    jobs: pd.DataFrame
+    curves: pd.DataFrame
+
+
+def load_run(run_dir: str | Path, require: tuple[str, ...] = ("metrics.csv",)) -> RunFiles:
+    """A run's tables, or a UserError naming the folder or file that is missing or unreadable. Tables a
+    run lacks (an older run, a run cut short) come back empty; summary.csv is recomputed if absent."""
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        raise UserError(f"run folder {folder} does not exist: give the --out folder of a `bench run`")
+    missing = [name for name in require if not (folder / name).is_file()]
+    if missing:
+        raise UserError(f"{folder} lacks {', '.join(missing)}: give the folder of a finished `bench run`")
+    try:
+        metrics = pd.read_csv(folder / "metrics.csv", dtype={"note": str, "kind": str})
+        summary = pd.read_csv(folder / "summary.csv") if (folder / "summary.csv").is_file() else None
+        jobs = (pd.read_csv(folder / "jobs.csv", dtype={"reason": str, "notes": str}, keep_default_na=False)
+                if (folder / "jobs.csv").is_file() else pd.DataFrame(columns=JOB_COLUMNS))
+        curves = (pd.read_csv(folder / "curves.csv") if (folder / "curves.csv").is_file()
+                  else pd.DataFrame(columns=["model", "dataset", "seed", "step", "seconds", "loss"]))
+        config = read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{folder} holds an unreadable result file ({exc}); rerun `bench run`") from None
+    need = {"model", "metric", "value"}
+    if not need <= set(metrics.columns):
+        raise UserError(f"{folder}/metrics.csv lacks the columns {sorted(need - set(metrics.columns))}")
+    metrics["note"] = metrics["note"].fillna("") if "note" in metrics else ""
+    if "batch" not in metrics.columns:
+        metrics["batch"] = pd.NA
+    return RunFiles(folder, config, metrics, summary if summary is not None else summary_frame(metrics), jobs,
+                    curves)

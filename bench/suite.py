@@ -13,10 +13,6 @@ from bench.errors import UserError
 from bench.runner import Job, resolve_device, run_isolated, run_job
 
 
-def default_out_dir() -> Path:
-    return Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
 def resolve_models(names: list[str] | None, run_all: bool) -> list[str]:
     import models
 
@@ -56,7 +52,7 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
     torch_device = resolve_device(device)
     data = load_dataset(dataset, data_root)  # a missing dataset fails before any work starts
     check_tracks(models_, data)
-    out = Path(out) if out else default_out_dir()
+    out = Path(out) if out else results.default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
 
     config = {

@@ -23,5 +23,5 @@ def test_run_returns_the_tidy_metrics_table_of_its_folder(tmp_path):
 def test_unknown_model_and_missing_folder_raise_user_errors(tmp_path):
     with pytest.raises(UserError, match="unknown model"):
         gb.run(["nosuch"], budget="smoke", out=tmp_path / "x")
-    with pytest.raises(UserError, match="no metrics.csv"):
+    with pytest.raises(UserError, match="does not exist"):
         gb.load(tmp_path / "nothing")

@@ -21,24 +21,8 @@ def split_key(key: str) -> tuple[str, int | None]:
 
 def load_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """``config.json``, ``metrics.csv`` and ``jobs.csv`` of a run, or a UserError naming what is missing."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run folder {run_dir} does not exist: give the --out folder of a `bench run`")
-    missing = [n for n in ("config.json", "metrics.csv", "jobs.csv") if not (run_dir / n).is_file()]
-    if missing:
-        raise UserError(f"{run_dir} lacks {', '.join(missing)}: give the folder of a finished `bench run`")
-    try:
-        config = results.read_json(run_dir / "config.json")
-        metrics = pd.read_csv(run_dir / "metrics.csv")
-        jobs = pd.read_csv(run_dir / "jobs.csv", keep_default_na=False)
-    except (ValueError, OSError) as exc:
-        raise UserError(f"{run_dir} holds an unreadable result file ({exc}); rerun `bench run`") from None
-    need = {"model", "metric", "value"}
-    if not need <= set(metrics.columns):
-        raise UserError(f"{run_dir}/metrics.csv lacks the columns {sorted(need - set(metrics.columns))}")
-    if "batch" not in metrics.columns:
-        metrics["batch"] = pd.NA
-    return config, metrics, jobs
+    files = results.load_run(run_dir, require=("config.json", "metrics.csv", "jobs.csv"))
+    return files.config, files.metrics, files.jobs
 
 
 def mean_values(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:

@@ -21,16 +21,9 @@ class Run:
 
 
 def load_run(run_dir: Path) -> Run:
-    folder = Path(run_dir)
-    metrics = pd.read_csv(folder / "metrics.csv", dtype={"note": str, "kind": str})
-    metrics["note"] = metrics["note"].fillna("") if "note" in metrics else ""
-    summary = (pd.read_csv(folder / "summary.csv") if (folder / "summary.csv").exists()
-               else results.summary_frame(metrics))
-    jobs = (pd.read_csv(folder / "jobs.csv", dtype={"reason": str, "notes": str}).fillna("") if (folder / "jobs.csv").exists()
-            else pd.DataFrame(columns=results.JOB_COLUMNS))
-    curves = (pd.read_csv(folder / "curves.csv") if (folder / "curves.csv").exists()
-              else pd.DataFrame(columns=["model", "dataset", "seed", "step", "seconds", "loss"]))
-    config = results.read_json(folder / "config.json") if (folder / "config.json").exists() else {}
+    files = results.load_run(run_dir)
+    folder, metrics, summary, jobs, curves, config = (files.folder, files.metrics, files.summary, files.jobs,
+                                                      files.curves, files.config)
     info = {}
     for outcome in results.load_outcomes(folder):
         entry = info.setdefault(outcome["job"]["model"], {})
