@@ -22,6 +22,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from bench import measure
+
 LABEL = "matmul/conv FLOPs"  # what the counter counts; elementwise ops are not in it
 _CACHE: dict[tuple, float] = {}
 
@@ -114,7 +116,7 @@ def sample_flops_per_sample(model, n: int = 4, cache: bool = True) -> float:
     if cache and not weight_dependent and key in _CACHE:
         return _CACHE[key]
     device = _device(model)
-    labels = torch.arange(n, device=device) % model.num_classes if getattr(model, "conditional", False) else None
+    labels = measure.sample_labels(model, n, device)
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), torch.no_grad():
         flops = count(lambda: model.sample(n, labels=labels) if labels is not None else model.sample(n))
     per_sample = flops / n

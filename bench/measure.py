@@ -178,7 +178,7 @@ def draw_samples(model, n: int, device: torch.device, batch_size: int = 500, lab
                  progress: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``n`` samples as uint8 images (N x C x H x W) on the CPU, with the labels asked for (conditional)."""
     if model.conditional and labels is None:
-        labels = torch.arange(n) % model.num_classes
+        labels = sample_labels(model, n, torch.device("cpu"))
     out = []
     for start in tqdm(range(0, n, batch_size), desc=f"sample {model.name}", leave=False, disable=not progress):
         m = min(batch_size, n - start)
