@@ -6,8 +6,11 @@ rows of real images) and the tables that read them depend on this small module, 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from bench.errors import UserError
 
 
 @dataclass
@@ -51,3 +54,20 @@ def save_outcome(outcome: JobOutcome, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(outcome), indent=1, default=float))
     tmp.replace(path)
+
+
+# Torch threads per job. One: on the 2-core development machine, shared, a job ran its training steps
+# 4 to 25x faster with 1 thread than with 2 (FVSBN, cGAN; fresh processes, medians). Override with
+# $GENBENCH_THREADS (e.g. 2 on an idle multi-core machine).
+THREADS_ENV = "GENBENCH_THREADS"
+DEFAULT_THREADS = 1
+
+
+def job_threads() -> int:
+    """The torch thread count every job runs with: $GENBENCH_THREADS, else DEFAULT_THREADS."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if not value:
+        return DEFAULT_THREADS
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"{THREADS_ENV}={value!r} is not a thread count; set it to a positive integer or unset it")
+    return int(value)

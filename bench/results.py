@@ -130,7 +130,7 @@ def git_commit() -> str:
 def hardware(device) -> dict:
     import torch
 
-    from bench.runner import job_threads  # the jobs' thread count, not this (parent) process's
+    from bench.jobs import job_threads  # the jobs' thread count, not this (parent) process's
 
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": job_threads()}

@@ -8,7 +8,6 @@ as it ends, and the run's tables are rewritten after every job, so nothing compu
 from __future__ import annotations
 
 import multiprocessing
-import os
 import random
 import time
 import traceback
@@ -23,26 +22,8 @@ import torch
 from bench import evaluation, measure
 from bench.budgets import parse_budget
 from bench.data import load_dataset
-from bench.jobs import Job, JobOutcome, save_outcome
+from bench.jobs import DEFAULT_THREADS, THREADS_ENV, Job, JobOutcome, job_threads, save_outcome  # noqa: F401
 from bench.trainer import Diverged, TrainResult, train
-
-# Torch threads per job. One: on the 2-core development machine, shared, a job ran its training steps
-# 4 to 25x faster with 1 thread than with 2 (FVSBN, cGAN; fresh processes, medians). Override with
-# $GENBENCH_THREADS (e.g. 2 on an idle multi-core machine).
-THREADS_ENV = "GENBENCH_THREADS"
-DEFAULT_THREADS = 1
-
-
-def job_threads() -> int:
-    """The torch thread count every job runs with: $GENBENCH_THREADS, else DEFAULT_THREADS."""
-    value = os.environ.get(THREADS_ENV, "").strip()
-    if not value:
-        return DEFAULT_THREADS
-    if not value.isdigit() or int(value) < 1:
-        from bench.errors import UserError
-        raise UserError(f"{THREADS_ENV}={value!r} is not a thread count; set it to a positive integer or unset it")
-    return int(value)
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":

@@ -102,3 +102,16 @@ def test_code_cites_no_file_outside_the_repository():
     offenders = [str(p.relative_to(ROOT)) for pkg in ("bench", "models", "tests") for p in (ROOT / pkg).rglob("*.py")
                  if any(name in p.read_text() for name in outside)]
     assert offenders == [] and (ROOT / "docs" / "design.md").is_file()
+
+
+LOWER = ("bench.errors", "bench.paths", "bench.metrics", "bench.jobs", "bench.data", "bench.results", "bench.budgets",
+         "bench.scaling_tables")
+UPPER = ("bench.cli", "bench.api", "bench.suite", "bench.runner", "bench.evaluation", "bench.report", "bench.compare")
+
+
+def test_lower_layers_never_import_upper_ones():
+    """Data flows down (data -> train -> measure -> results -> report): the foundations import no runner,
+    suite, CLI, report or compare module."""
+    graph = import_graph()
+    upward = {m: sorted(d for d in graph[m] if d.startswith(UPPER)) for m in LOWER if m in graph}
+    assert {m: d for m, d in upward.items() if d} == {}

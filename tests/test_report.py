@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -212,3 +213,25 @@ def test_likelihood_model_without_a_bits_per_dim_shows_a_dash_not_na():
     table = report.summary_table(results.summary_frame(metrics), metrics, {}).set_index("model")
     assert table.loc["fvsbn", "bits/dim"] == "-"
     assert table.loc["fvsbn", "likelihood"] == "exact"  # from the registered class
+
+
+def test_rerendering_a_report_imports_no_torch(run_dir):
+    """`bench report` reads stored files only: the whole render, in a fresh interpreter, never imports torch."""
+    import subprocess
+    import sys
+
+    folder, metrics = run_dir
+    (folder / "jobs").mkdir(exist_ok=True)
+    for model in MODELS:  # what every real job records, so the report needs no model class
+        kinds = metrics[(metrics.model == model) & (metrics.metric == "test_bpd")]["kind"]
+        outcome = {"job": {"model": model, "dataset": "mnist5k", "seed": 0}, "status": "ok", "reason": "",
+                   "rows": [], "curve": [], "notes": [],
+                   "info": {"likelihood": kinds.iloc[0] if len(kinds) else None}, "wall_seconds": 1.0}
+        results.write_json(folder / "jobs" / f"{model}__mnist5k__seed0.json", outcome)
+    code = ("import sys; from bench import report; report.render(sys.argv[1]); "
+            "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "False"
+    assert (folder / "report.md").is_file()
