@@ -53,7 +53,7 @@ def run_job(job: Job) -> JobOutcome:
         data = load_dataset(job.dataset, job.data_root)
         model = models.build(job.model, image_shape=data.image_shape, **job.model_args).to(device)
         outcome.info.update(family=model.family, likelihood=model.likelihood, track=model.track,
-                            conditional=model.conditional)
+                            conditional=model.conditional, batch_size=getattr(model, "batch_size", 64))
         x_test = data.test_split(model.track)[:job.eval_size]
         budget = parse_budget(job.budget)
         result = TrainResult()
@@ -61,7 +61,7 @@ def run_job(job: Job) -> JobOutcome:
         with measure.PhasePeak(device) as train_memory:
             try:
                 train(model, data.train_images, data.train_labels, budget, device, job.seed,
-                      batch_size=getattr(model, "batch_size", 64), progress=job.progress, result=result,
+                      batch_size=outcome.info["batch_size"], progress=job.progress, result=result,
                       validation=validation)
             except Diverged as exc:
                 outcome.status, outcome.reason = "diverged", str(exc)

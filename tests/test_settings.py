@@ -62,3 +62,5 @@ def test_flags_win_over_the_file_and_settings_reach_the_model(tmp_path):
     assert written["model_settings"]["fvsbn"]["lr"] == 0.004
     job = json.loads((out / "jobs" / "fvsbn__mnist5k__seed0.json").read_text())
     assert job["job"]["model_args"] == {"lr": 0.004, "init_bias_logit": -1.0}
+    report = (out / "report.md").read_text()  # the report records every model's settings and training batch
+    assert "### Model settings" in report and "lr=0.004" in report and "| fvsbn   | 128     |" in report

@@ -199,7 +199,22 @@ def config_blocks(run: Run) -> list[Block]:
     rows += [(k, _flat(v)) for k, v in sorted(c.items()) if "classifier" in k or "fidelity_samples" in k]
     if not rows:
         return [h2("Configuration"), para("No config.json stored with this run.")]
-    return [h2("Configuration"), table(pd.DataFrame(rows, columns=["setting", "value"]))]
+    return [h2("Configuration"), table(pd.DataFrame(rows, columns=["setting", "value"]))] + model_settings_blocks(run)
+
+
+def model_settings_blocks(run: Run) -> list[Block]:
+    """Each model's training batch and constructor settings as this run used them (defaults plus any
+    --model-args), so a reader sees what the budget was calibrated with."""
+    settings = run.config.get("model_settings") or {}
+    if not settings:
+        return []
+    rows = [{"model": model, "batch": str(run.info.get(model, {}).get("batch_size", "-")),
+             "settings": ", ".join(f"{k}={_flat(v)}" for k, v in values.items()) or "-"}
+            for model, values in settings.items()]
+    overrides = run.config.get("model_args") or {}
+    note = ("Overridden with --model-args: " + "; ".join(f"{m}: {_flat(v)}" for m, v in overrides.items()) + "."
+            if overrides else "Every model at its defaults (no --model-args).")
+    return [h3("Model settings"), para(note), table(pd.DataFrame(rows))]
 
 
 def _flat(value) -> str:
