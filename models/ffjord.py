@@ -142,6 +142,9 @@ class DensityDynamics:
         return dz, -div
 
 
+CHECK_RTOL = 1e-6  # the round-trip self-check's solver tolerance (rtol = atol)
+
+
 @register("ffjord")
 class FFJORD(GenerativeModel):
     family = "flow"
@@ -303,13 +306,19 @@ class FFJORD(GenerativeModel):
     @torch.no_grad()
     def self_checks(self, x_test: torch.Tensor) -> list[dict]:
         """Forward then reverse solve of a few dequantized test images returns them (data space, [0, 1])."""
-        tolerance = 1e-3
+        # The check is of the flow's invertibility, so the solves run far tighter than evaluation's (a
+        # trained field moves z by several units: at rtol 1e-4 the round trip alone drifts ~5e-3).
+        tolerance, rtol = 1e-3, min(self.rtol, CHECK_RTOL)
         y = dequantize(x_test[:8])
         z0, _ = self.to_logit(y)
-        z1 = self.integrate_field(z0, 0.0, 1.0, self.rtol, self.atol, purpose="check")
-        back = self.from_logit(self.integrate_field(z1, 1.0, 0.0, self.rtol, self.atol, purpose="check"))
+        steps, self.max_num_steps = self.max_num_steps, max(self.max_num_steps, 20 * self.max_num_steps)
+        try:
+            z1 = self.integrate_field(z0, 0.0, 1.0, rtol, rtol, purpose="check")
+            back = self.from_logit(self.integrate_field(z1, 1.0, 0.0, rtol, rtol, purpose="check"))
+        finally:
+            self.max_num_steps = steps
         error = (back - y).abs().max().item()
         moved = (z1 - z0).abs().max().item()
         return [{"check": "ffjord_inverse", "passed": error <= tolerance, "value": error, "tolerance": tolerance,
                  "detail": f"max |reverse(forward(y)) - y| on {len(y)} test images in [0, 1] data space, "
-                           f"dopri5 rtol={self.rtol:g} atol={self.atol:g}; the flow moved z by up to {moved:.3g}"}]
+                           f"dopri5 rtol=atol={rtol:g}; the flow moved z by up to {moved:.3g}"}]
