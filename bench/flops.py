@@ -119,7 +119,9 @@ def sample_flops_per_sample(model, n: int = 4, cache: bool = True) -> float:
     labels = measure.sample_labels(model, n, device)
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), torch.no_grad():
         flops = count(lambda: model.sample(n, labels=labels) if labels is not None else model.sample(n))
-    per_sample = flops / n
+    # Zero means the sampler's work is invisible to the counter (matrix-vector or rank-one updates)
+    # and the model gave no sampling_flops: unknown, not free.
+    per_sample = flops / n if flops > 0 else float("nan")
     if not weight_dependent:
         _CACHE[key] = per_sample
     return per_sample

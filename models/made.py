@@ -164,6 +164,14 @@ class MADE(GenerativeModel):
                 first_pre.addr_(x[:, i], incoming[i])
         return x.view(n, *self.image_shape), probs
 
+    def sampling_flops(self, n: int) -> float:
+        """The cached sampler's multiply-adds, x2, counted by hand (torch's counter sees no ``addr_`` or
+        matrix-vector product): per pixel, the first layer's rank-one update, the upper layers in full,
+        and one output row."""
+        sizes = [self.layers[0].out_features] + [layer.out_features for layer in self.layers[1:-1]]
+        per_pixel = sizes[0] + sum(a * b for a, b in zip(sizes, sizes[1:])) + sizes[-1]
+        return 2.0 * n * self.dim * per_pixel
+
     def _logit_from_first_layer(self, first_pre, weights, i: int) -> torch.Tensor:
         """Pixel i's logit from the first layer's pre-activations: the upper layers, output row i only."""
         h = torch.relu(first_pre)
