@@ -247,6 +247,8 @@ def study_into(out: Path, names: list[str], device: torch.device, sizes=DEFAULT_
     meta = {"models": names, "sizes": list(sizes), "batches": batches, "device": str(device),
             "started": started_at, "gemm": gemm,
             "wall_seconds": round(time.perf_counter() - started, 1), "versions": results.package_versions(),
-            "git_commit": results.git_commit(), "hardware": results.hardware(device)}
+            "git_commit": results.git_commit(),
+            # the study times in this process: its own thread count, not the jobs' (GENBENCH_THREADS)
+            "hardware": {**results.hardware(device), "torch_threads": torch.get_num_threads()}}
     write_study(out, timings, fits, skipped, meta)
     return timings, fits, skipped, meta
