@@ -115,3 +115,12 @@ def test_lower_layers_never_import_upper_ones():
     graph = import_graph()
     upward = {m: sorted(d for d in graph[m] if d.startswith(UPPER)) for m in LOWER if m in graph}
     assert {m: d for m, d in upward.items() if d} == {}
+
+
+def test_the_readme_layout_names_every_module():
+    """The README's layout section is the tree: every module of bench/ (and each subpackage) is named there."""
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    names = {p.name for p in (ROOT / "bench").glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    names |= {f"{p.name}/" for p in (ROOT / "bench").iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert sorted(n for n in names if n not in layout) == []
