@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import models
+from tests.conftest import sampler_frequency_chi2
 
 
 def _random_made(shape, num_masks=1, hidden_sizes=(24, 24), seed=0):
@@ -76,16 +77,8 @@ def test_probabilities_of_all_images_sum_to_one(num_masks):
 def test_sample_frequencies_match_likelihood(num_masks):
     # With two masks the model is their mixture: sample() must pick a mask per image to match nll().
     model = _random_made((1, 2, 2), num_masks=num_masks, seed=2)
-    images = _all_images(4).view(16, 1, 2, 2)
-    probs = torch.exp(-model.nll(images)).detach()
-    torch.manual_seed(5)
-    n = 40000
-    samples = model.sample(n).flatten(1)
-    codes = (samples * torch.tensor([8.0, 4.0, 2.0, 1.0])).sum(1).long()
-    freq = torch.bincount(codes, minlength=16).float() / n
-    # Chi-square with 15 degrees of freedom: its 99.9% quantile is 37.7.
-    chi2 = (n * (freq - probs) ** 2 / probs).sum().item()
-    assert chi2 < 37.7, (chi2, freq, probs)
+    chi2, freq, probs = sampler_frequency_chi2(model)
+    assert chi2 < 37.7, (chi2, freq, probs)  # 99.9% quantile, 15 degrees of freedom
 
 
 def test_self_checks_pass_on_a_random_model():
