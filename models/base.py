@@ -95,6 +95,18 @@ class GenerativeModel(nn.Module):
         return None
 
 
+@torch.no_grad()
+def sampler_conditionals_check(model, n: int = 16, tolerance: float = 1e-5) -> dict:
+    """The autoregressive self-check: on ``n`` fresh samples (seeded), the p(x_i = 1 | x_<i) the sampler
+    drew each pixel with equal the likelihood's teacher-forced conditionals on the finished samples.
+    The model provides ``sample_with_conditionals(n, generator=...)`` and ``conditionals(x)``."""
+    x, used = model.sample_with_conditionals(n, generator=torch.Generator(model.device).manual_seed(0))
+    gap = (model.conditionals(x) - used).abs().max().item()
+    return {"check": "sampler_matches_likelihood", "passed": gap <= tolerance, "value": gap, "tolerance": tolerance,
+            "detail": f"largest gap in p(x_i = 1 | x_<i) between the sampler and a teacher-forced pass of the "
+                      f"likelihood, on {n} fresh samples"}
+
+
 def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniform dequantization of 8-bit pixels: y = (x + u) / 256 with u ~ U[0, 1).
 

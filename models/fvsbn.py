@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import GenerativeModel
+from models.base import GenerativeModel, sampler_conditionals_check
 from models.registry import register
 
 SAMPLER_BACKENDS = ("auto", "torch", "numba", "blocked", "cuda-graph")
@@ -150,14 +150,6 @@ class FVSBN(GenerativeModel):
             running_logits.addr_(xi, outgoing[i])
         return x, probs
 
-    @torch.no_grad()
     def self_checks(self, x_test: torch.Tensor) -> list[dict]:
         """The sampler's conditionals equal the likelihood's (teacher-forced) on fresh samples."""
-        generator = torch.Generator(device=self.bias.device).manual_seed(0)
-        x, used = self.sample_with_conditionals(16, generator=generator)
-        gap = (used - self.conditionals(x)).abs().max().item()
-        tolerance = 1e-5
-        return [{"check": "sampler_matches_likelihood", "passed": gap <= tolerance, "value": gap,
-                 "tolerance": tolerance,
-                 "detail": "largest absolute difference between the probabilities p(x_i = 1 given x_<i) the sampler "
-                           "drew 16 fresh samples with and the likelihood's on those samples"}]
+        return [sampler_conditionals_check(self)]
