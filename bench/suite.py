@@ -53,6 +53,8 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
     data = load_dataset(dataset, data_root)  # a missing dataset fails before any work starts
     check_tracks(models_, data)
     out = Path(out) if out else results.default_out_dir()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: give a folder for the run's results")
     out.mkdir(parents=True, exist_ok=True)
 
     config = {

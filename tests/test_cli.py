@@ -132,3 +132,10 @@ def test_failing_and_diverging_models_are_recorded_and_the_others_still_run(tmp_
     # the third step ran and produced the NaN: three steps were bought, the last one diverged
     assert metrics[(metrics.model == "nan-model") & (metrics.metric == "train_steps")].value.item() == 3
     assert "diverged" in (out / "report.md").read_text()
+
+
+def test_an_output_path_that_is_a_file_exits_2_and_leaves_it_alone(tmp_path, capsys):
+    target = tmp_path / "results.txt"
+    target.write_text("keep me")
+    assert main(["run", "--models", "fvsbn", "--budget", "smoke", "--out", str(target)]) == 2
+    assert "is a file" in capsys.readouterr().err and target.read_text() == "keep me"
