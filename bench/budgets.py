@@ -28,6 +28,9 @@ PRESET_SCALING_BATCHES = {"smoke": (1,)}
 # ... and skips a sampling batch projected past 8 s (every other budget: 20 s), so the suite stays in minutes.
 DEFAULT_THROUGHPUT_CAP_S = 20.0
 PRESET_THROUGHPUT_CAP_S = {"smoke": 8.0}
+# Periodic training checkpoints: often enough that a killed full-budget job loses minutes, not hours;
+# rarely enough that saving (a fraction of a second for these models) costs nothing.
+DEFAULT_CHECKPOINT_EVERY = "300s"
 FORMS = "a preset (smoke, default, flops, full) or an amount such as 500steps, 90s, 5min, 3epochs, 2e12flops, 1.5tflops"
 
 

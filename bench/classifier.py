@@ -239,13 +239,36 @@ def load_or_train(data, device: torch.device | str = "cpu", spec: TrainingSpec |
                              payload["train_seconds"], path, trained_now)
 
 
-def _read(path: Path) -> dict | None:
+class ClassifierMismatch(Exception):
+    """A worker's evaluation classifier is not the one the run's driver trained: its scores would not compare."""
+
+
+def load_shipped(path: str | Path, expected_digest: str, device: torch.device | str = "cpu") -> TrainedClassifier:
+    """The classifier the driver shipped to this worker (its cache file, copied if need be), checked against
+    the driver's weights digest: every model of a run must be scored by the same classifier."""
+    payload = _read(Path(path), keep=True)
+    if payload is None:
+        raise ClassifierMismatch(f"the run's evaluation classifier {path} is missing or unreadable in this worker")
+    digest = _weights_digest(payload["state_dict"])
+    if digest != expected_digest or payload["weights_digest"] != expected_digest:
+        raise ClassifierMismatch(f"the evaluation classifier in this worker has weights digest {digest}, the run's "
+                                 f"has {expected_digest}: every model of a run must be scored by one classifier")
+    model = EvalClassifier(**payload["arch"])
+    model.load_state_dict(payload["state_dict"])
+    model.requires_grad_(False)
+    return TrainedClassifier(model.to(device).eval(), payload["dataset"], payload["definition_hash"], digest,
+                             payload["test_accuracy"], payload["test_accuracy_binarized"],
+                             payload["train_seconds"], Path(path), False)
+
+
+def _read(path: Path, keep: bool = False) -> dict | None:
     if not path.exists():
         return None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception:  # a truncated cache file is retrained, not an error
-        path.unlink(missing_ok=True)
+        if not keep:
+            path.unlink(missing_ok=True)
         return None
 
 

@@ -1,7 +1,8 @@
-"""The one command line: ``python -m bench {run,list,report,compare,baseline,scaling}``.
+"""The one command line: ``python -m bench {run,evaluate,list,report,compare,baseline,scaling}``.
 
 Exit codes: 0 success; 1 a model failed (``run``) or a regression (``compare``); 2 the user's input
-was unusable (unknown name, malformed budget, missing file), with a one-line message saying the fix.
+was unusable (unknown name, malformed budget, missing file, a changed configuration in a run's folder),
+with a one-line message saying the fix; 130 interrupted (Ctrl-C or SIGTERM), finished jobs kept.
 """
 from __future__ import annotations
 
@@ -54,11 +55,34 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run jobs in this process (debugging; peak memory is then the whole run's)")
     run.add_argument("--model-args", action="append", default=[], metavar="MODEL:KEY=VALUE[,KEY=VALUE]",
                      help="override a model's constructor settings, e.g. realnvp:lr=5e-4,hidden=64 (repeatable)")
+    run.add_argument("--executor", default="local",
+                     help="local (worker processes on this machine; the default) or ray (tasks on a Ray cluster)")
+    run.add_argument("--workers", type=int, default=1,
+                     help="jobs at once (local: worker processes, on GPUs one per device; ray: tasks in flight)")
+    run.add_argument("--ray-address", help="an existing Ray cluster (e.g. 10.0.0.5:6379, or auto); default: a "
+                                           "local cluster started for the run (--executor ray)")
+    run.add_argument("--fresh", action="store_true",
+                     help="start over: delete the run already in --out (default: resume it)")
+    run.add_argument("--checkpoint-every", default=None, metavar="INTERVAL",
+                     help="save training checkpoints this often, e.g. 300s, 10min or 500steps (default 300s)")
     run.add_argument("--config", metavar="FILE.yaml",
                      help="a YAML file whose keys mirror these flags (budget: smoke, model_args: {realnvp: "
                           "{lr: 5e-4}}, ...); flags given on the command line win")
 
     sub.add_parser("list", help="models, datasets, budgets and metrics")
+
+    evaluate = sub.add_parser("evaluate", help="re-measure a run's finished jobs from their checkpoints, "
+                                               "without training")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--fid-samples", type=int, default=None, help="samples per model for FID/IS/KID/PR")
+    evaluate.add_argument("--eval-size", type=int, default=None, help="test images scored for likelihood")
+    evaluate.add_argument("--throughput-cap", type=float, default=None,
+                          help="skip a sampling batch size projected past this many seconds")
+    evaluate.add_argument("--models", type=_csv_list, default=None, help="only these models (default: all)")
+    evaluate.add_argument("--executor", default="local", help="local or ray")
+    evaluate.add_argument("--workers", type=int, default=1, help="jobs at once")
+    evaluate.add_argument("--ray-address", help="an existing Ray cluster (--executor ray)")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     report = sub.add_parser("report", help="re-render the report of a stored run")
     report.add_argument("run_dir")
@@ -99,6 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, _interrupted()) as exc:  # Ctrl-C or SIGTERM: stopped cleanly, no traceback
+        print(f"\n{exc}" if str(exc) else "\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def _interrupted():
+    from bench.suite import RunInterrupted
+
+    return RunInterrupted
 
 
 _STRING_OPTIONS = ("dataset", "budget", "device", "out", "data_root")
@@ -131,6 +164,7 @@ def _apply_config_file(parser: argparse.ArgumentParser, argv, args) -> argparse.
 
 
 def cmd_run(args) -> int:
+    from bench.budgets import DEFAULT_CHECKPOINT_EVERY
     from bench.suite import resolve_models, run_suite
 
     if not args.all and not args.models:
@@ -144,17 +178,51 @@ def cmd_run(args) -> int:
 
     model_args = parse_model_args(args.model_args)
     resolve_model_args(model_args, names)  # unknown models or settings fail before any work starts
+    _check_executor(args)
     out, outcomes = run_suite(names, args.dataset, args.budget, args.seeds, args.device, args.out, args.data_root,
                               progress=not args.no_progress, isolate=not args.in_process,
                               throughput_cap_s=args.throughput_cap, fidelity_samples=args.fid_samples,
                               eval_size=args.eval_size, scaling=not args.no_scaling,
-                              early_stopping=args.early_stopping, model_args=model_args)
-    failed = [o for o in outcomes if o["status"] == "failed"]
+                              early_stopping=args.early_stopping, model_args=model_args,
+                              executor=args.executor, workers=args.workers, ray_address=args.ray_address,
+                              fresh=args.fresh, checkpoint_every=args.checkpoint_every or DEFAULT_CHECKPOINT_EVERY)
+    return _finished(out, outcomes)
+
+
+def _check_executor(args) -> None:
+    from bench import executors
+
+    if args.executor not in executors.names():
+        raise UserError(f"unknown executor {args.executor!r}; known executors: {', '.join(executors.names())}")
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    if args.ray_address and args.executor != "ray":
+        raise UserError("--ray-address needs --executor ray")
+
+
+def _finished(out, outcomes) -> int:
+    unfinished = [o for o in outcomes if o["status"] in ("failed", "interrupted")]
     print(f"results: {out}/ (report.md, report.html, metrics.csv, summary.csv)")
-    if failed:
-        print(f"{len(failed)} job(s) failed: see {out}/jobs.csv", file=sys.stderr)
+    if unfinished:
+        print(f"{len(unfinished)} job(s) failed: see {out}/jobs.csv (`bench run` on the same folder runs them "
+              f"again)", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_evaluate(args) -> int:
+    from bench.suite import evaluate_run
+
+    if args.fid_samples is not None and args.fid_samples < 2:
+        raise UserError("--fid-samples must be at least 2")
+    if args.eval_size is not None and args.eval_size < 1:
+        raise UserError("--eval-size must be a positive number of test images")
+    _check_executor(args)
+    out, outcomes = evaluate_run(args.run_dir, fidelity_samples=args.fid_samples, eval_size=args.eval_size,
+                                 throughput_cap_s=args.throughput_cap, models_=args.models,
+                                 executor=args.executor, workers=args.workers, ray_address=args.ray_address,
+                                 progress=not args.no_progress)
+    return _finished(out, outcomes)
 
 
 def cmd_list(_args) -> int:
@@ -269,5 +337,5 @@ def cmd_scaling(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "compare": cmd_compare,
+COMMANDS = {"run": cmd_run, "evaluate": cmd_evaluate, "list": cmd_list, "report": cmd_report, "compare": cmd_compare,
             "baseline": cmd_baseline, "scaling": cmd_scaling}

@@ -36,7 +36,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from bench import measure
-from bench.classifier import TrainedClassifier, has_labels, load_or_train, predict_logits
+from bench.classifier import TrainedClassifier, has_labels, load_or_train, load_shipped, predict_logits
 
 FEATURES = "penultimate"
 LOGITS = "logits"
@@ -276,9 +276,10 @@ BORROWED_DATA_NOTE = ("data row: binarized-mnist's validation digits come from M
                       "borrowed MNIST classifier saw most of them in grey: this row is somewhat optimistic")
 
 
-def prepare_run(config: dict, data, device, out, progress: bool = True) -> list[dict]:
+def prepare_run(config: dict, data, device, out, progress: bool = True, check=None) -> list[dict]:
     """Parent process, before the jobs: train or load the classifier, record it in ``config``, and score
-    real training images (the ``data`` rows, one per track of the run's models)."""
+    real training images (the ``data`` rows, one per track of the run's models). ``check(config)``, called
+    once the classifier is known and before anything is written, may refuse the run by raising."""
     from bench.jobs import Job, JobOutcome
 
     labelled = classifier_data(data, config.get("data_root"))
@@ -295,6 +296,8 @@ def prepare_run(config: dict, data, device, out, progress: bool = True) -> list[
                    "fidelity_features": f"penultimate {classifier.feature_dim}-d (FID, KID, precision/recall); "
                                         f"logits (IS)",
                    "fidelity_prc_neighborhood": PRC_NEIGHBORHOOD, "fidelity_samples": n_wanted})
+    if check is not None:
+        check(config)
     outcomes = []
     for track in _run_tracks(config):
         start = time.perf_counter()
@@ -338,9 +341,9 @@ def model_rows(model, data, device, job, outcome) -> list[dict]:
     if labelled is None:
         outcome.notes.append(NO_LABELS_NOTE.format(data.name))
         return []
+    device = torch.device(device)
+    classifier = job_classifier(labelled, device, job)  # outside the try: a mismatch fails the job
     try:
-        device = torch.device(device)
-        classifier = load_or_train(labelled, device, progress=job.progress)
         if labelled is not data:
             outcome.notes.append(BORROWED_NOTE)
         n = job.fidelity_samples or len(data.test_images)
@@ -364,6 +367,13 @@ def model_rows(model, data, device, job, outcome) -> list[dict]:
         outcome.notes.append(f"sample quality failed: {type(exc).__name__}: {exc}")
         outcome.info["fidelity_traceback"] = traceback.format_exc()
         return []
+
+
+def job_classifier(labelled, device, job) -> TrainedClassifier:
+    """The classifier the driver shipped with the job (digest checked), else this machine's cached one."""
+    if getattr(job, "classifier_file", None):
+        return load_shipped(job.classifier_file, job.classifier_digest, device)
+    return load_or_train(labelled, device, progress=job.progress)
 
 
 # --- uncertainty, memorisation and the FID check (bench.uncertainty, bench.memorisation) ---------------

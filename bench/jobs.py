@@ -5,6 +5,7 @@ rows of real images) and the tables that read them depend on this small module, 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -28,16 +29,55 @@ class Job:
     eval_size: int | None = None  # test images scored for likelihood; None: the whole test split
     early_stopping: bool = False  # likelihood models: keep the epoch with the best validation NLL
     model_args: dict = field(default_factory=dict)  # constructor overrides (--model-args)
+    # How the job runs, not what it measures (left out of ``config_hash``):
+    checkpoint_every: str | None = None  # periodic training checkpoints, e.g. "300s" or "50steps"; None: none
+    classifier_file: str | None = None  # the run's evaluation classifier, shipped by the driver
+    classifier_digest: str | None = None  # ... and the weights digest every worker checks it against
+    evaluate_only: bool = False  # re-measure from the finished checkpoint, no training (``bench evaluate``)
 
     @property
     def key(self) -> str:
         return f"{self.model}__{self.dataset}__seed{self.seed}"
 
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.out) / "checkpoints" / f"{self.key}.pt"
+
+    @property
+    def outcome_path(self) -> Path:
+        return Path(self.out) / "jobs" / f"{self.key}.json"
+
+
+# Fields that say how a job runs or where it writes, not what it measures: a finished job is reused when
+# every other field is the same (``config_hash``).
+RUN_ONLY_FIELDS = ("out", "progress", "checkpoint_every", "classifier_file", "evaluate_only")
+
+
+# Fields that decide the trained weights: a checkpoint serves any job that agrees on them, whatever its
+# evaluation settings (``bench evaluate`` re-measures with more samples from the same checkpoint).
+TRAINING_FIELDS = ("model", "dataset", "seed", "budget", "device", "data_root", "early_stopping", "model_args")
+
+
+def _digest(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_hash(job: "Job | dict") -> str:
+    """A digest of what the job measures (model, data, seed, budget, evaluation settings, classifier)."""
+    fields = asdict(job) if not isinstance(job, dict) else dict(job)
+    return _digest({k: v for k, v in fields.items() if k not in RUN_ONLY_FIELDS})
+
+
+def training_hash(job: "Job | dict") -> str:
+    """A digest of what decides the job's trained weights (the checkpoint's key)."""
+    fields = asdict(job) if not isinstance(job, dict) else dict(job)
+    return _digest({k: fields.get(k) for k in TRAINING_FIELDS})
+
 
 @dataclass
 class JobOutcome:
     job: dict
-    status: str = "ok"  # ok | diverged | failed
+    status: str = "ok"  # ok | diverged | failed | interrupted
     reason: str = ""
     rows: list[dict] = field(default_factory=list)
     curve: list[dict] = field(default_factory=list)

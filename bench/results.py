@@ -22,7 +22,7 @@ from bench.errors import UserError
 
 METRIC_COLUMNS = ["model", "family", "dataset", "track", "seed", "budget", "metric", "value", "unit", "kind",
                   "batch", "steps", "note", "ci_low", "ci_high"]  # ci_*: 95% bootstrap interval (sample quality)
-JOB_COLUMNS = ["model", "dataset", "seed", "status", "reason", "wall_seconds", "notes"]
+JOB_COLUMNS = ["model", "dataset", "seed", "status", "reason", "wall_seconds", "resumed", "host", "notes"]
 
 
 def metrics_frame(outcomes) -> pd.DataFrame:
@@ -76,7 +76,17 @@ def jobs_frame(outcomes) -> pd.DataFrame:
     return pd.DataFrame.from_records(
         [{"model": o["job"]["model"], "dataset": o["job"]["dataset"], "seed": o["job"]["seed"],
           "status": o["status"], "reason": o["reason"], "wall_seconds": round(o["wall_seconds"], 2),
+          "resumed": resumed_text(o["info"]), "host": o["info"].get("hardware", {}).get("host", ""),
           "notes": "; ".join(o["notes"])} for o in outcomes], columns=JOB_COLUMNS)
+
+
+def resumed_text(info: dict) -> str:
+    """How a job got its weights when not in one go: continued from a checkpoint, or trained by an earlier run."""
+    if info.get("trained_by_earlier_run"):
+        return "measured from its finished checkpoint"
+    if info.get("resumed_from_step") is not None:
+        return f"training resumed at step {info['resumed_from_step']}"
+    return ""
 
 
 def curves_frame(outcomes) -> pd.DataFrame:
@@ -132,7 +142,7 @@ def hardware(device) -> dict:
 
     from bench.jobs import job_threads  # the jobs' thread count, not this (parent) process's
 
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    info = {"host": platform.node(), "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": job_threads()}
     try:
         info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)

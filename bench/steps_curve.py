@@ -68,7 +68,8 @@ def name_chains(model, rows: list[dict], outcome) -> list[dict]:
 
 
 def curve_rows(model, data, device, job, outcome, headline: list[dict]) -> list[dict]:
-    from bench.classifier import has_labels, load_or_train
+    from bench.classifier import has_labels
+    from bench.fidelity import job_classifier
 
     if not has_labels(data):
         outcome.notes.append("steps curve skipped: no evaluation classifier for a dataset without labels")
@@ -80,7 +81,7 @@ def curve_rows(model, data, device, job, outcome, headline: list[dict]) -> list[
     options = sorted(set(model.sampling_step_options) | {own})
     if job.budget == "smoke":
         options = sorted(set(options[:SMOKE_POINTS]) | {own})
-    classifier = load_or_train(data, device, progress=False)
+    classifier = job_classifier(data, device, job)
     budget = BUDGET_PER_CAP * job.throughput_cap_s
     per_step = _seconds_per_sample_step(headline, model.sampling_nfe)
     rows, spent = [], 0.0

@@ -1,16 +1,19 @@
 """``bench run``: resolve the configuration, run every job, write the tables and the report."""
 from __future__ import annotations
 
+import signal
 import time
-from dataclasses import asdict
+from contextlib import contextmanager
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 
-from bench import results
-from bench.budgets import default_eval_size, parse_budget, scaling_batches, throughput_cap
+from bench import executors, results, resume
+from bench.budgets import DEFAULT_CHECKPOINT_EVERY, default_eval_size, parse_budget, scaling_batches, throughput_cap
 from bench.data import dataset_summaries, load_dataset
 from bench.errors import UserError
-from bench.runner import Job, resolve_device, run_isolated, run_job
+from bench.jobs import Job
+from bench.runner import resolve_device
 
 
 def resolve_models(names: list[str] | None, run_all: bool) -> list[str]:
@@ -36,14 +39,24 @@ def check_tracks(model_names: list[str], data) -> None:
                             f"drop it from --models or use --dataset mnist5k or mnist")
 
 
+class RunInterrupted(Exception):
+    """The driver was asked to stop (Ctrl-C, SIGTERM); every finished job is on disk and the tables say so."""
+
+
 def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], device: str,
               out: Path | None, data_root: str | None, progress: bool = True, isolate: bool = True,
               throughput_cap_s: float | None = None, fidelity_samples: int | None = None,
               eval_size: int | None = None, scaling: bool = True,
-              early_stopping: bool = False, model_args: dict[str, dict] | None = None) -> tuple[Path, list[dict]]:
+              early_stopping: bool = False, model_args: dict[str, dict] | None = None,
+              executor: str = "local", workers: int = 1, ray_address: str | None = None,
+              fresh: bool = False, checkpoint_every: str | None = DEFAULT_CHECKPOINT_EVERY,
+              ) -> tuple[Path, list[dict]]:
+    """Run every (model, seed) job not already finished in ``out``, through the chosen executor."""
     from bench.settings import resolve_model_args
 
     parse_budget(budget)  # a malformed budget fails before any work starts
+    if checkpoint_every:
+        _check_interval(checkpoint_every)
     model_args = model_args or {}
     model_settings = resolve_model_args(model_args, models_)
     eval_size = eval_size or default_eval_size(budget)
@@ -55,6 +68,8 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
     out = Path(out) if out else results.default_out_dir()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder: give a folder for the run's results")
+    if fresh:
+        resume.start_fresh(out)
     out.mkdir(parents=True, exist_ok=True)
 
     config = {
@@ -71,35 +86,167 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
         "datasets_known": dataset_summaries(),
         "model_args": model_args, "model_settings": model_settings,
     }
-    outcomes = _prepare_shared(config, data, torch_device, out, progress)
+    previous = results.read_json(out / "config.json") if (out / "config.json").exists() else None
+    if previous:
+        resume.refuse_changed(out, previous, config)
+        config.update(models=resume.merged_list(previous.get("models"), models_),
+                      seeds=resume.merged_list(previous.get("seeds"), seeds), started=previous.get("started"),
+                      model_settings={**previous.get("model_settings", {}), **model_settings},
+                      model_args={**previous.get("model_args", {}), **model_args},
+                      invocations=previous.get("invocations", []))
+    _prepare_shared(config, data, torch_device, out, progress, check=resume.classifier_check(out, previous))
+    jobs = [Job(model_name, dataset, seed, budget, str(torch_device), str(out), data_root, progress,
+                throughput_cap_s, fidelity_samples, eval_size, early_stopping=early_stopping,
+                model_args=model_args.get(model_name, {}), checkpoint_every=checkpoint_every,
+                classifier_file=config.get("classifier_path"), classifier_digest=config.get("classifier_weights_digest"))
+            for model_name in models_ for seed in seeds]
+    plan = resume.plan(jobs)
+    if previous:
+        print(f"resuming {out}: {plan.describe()}", flush=True)
+    runner = executors.create(executor if isolate else "in-process", workers=workers, device=str(torch_device),
+                              address=ray_address)
+    invocation = {"started": datetime.now().isoformat(timespec="seconds"), **runner.describe(),
+                  "kept": plan.kept, "continued": plan.continuing, "redone": plan.redone,
+                  "ran": [job.key for job in plan.todo]}
+    config.setdefault("invocations", []).append(invocation)
+    config["executor"] = runner.describe()
     results.write_json(out / "config.json", config)
+    _write_tables(out)
+    started = time.perf_counter()
+    _execute(out, config, runner, plan.todo, started, "run the same command again to resume (interrupted "
+                                                       "jobs continue from their checkpoints)")
+    if scaling and not (out / "scaling.csv").exists():  # a resumed run keeps the study it already has
+        _scaling_study(out, models_, torch_device, scaling_batches(budget))
+    _finish(out, config, started)
+    return out, results.load_outcomes(out)
+
+
+def _execute(out: Path, config: dict, runner, jobs: list, started: float, how_to_resume: str) -> None:
+    """Run ``jobs`` through the executor, the tables rewritten after each; on Ctrl-C or SIGTERM the workers
+    are asked to stop (training checkpoints), the tables and report are written, and ``RunInterrupted``."""
+    try:
+        with _sigterm_as_interrupt():
+            runner.run(jobs, lambda outcome: _job_done(out, outcome))
+    except KeyboardInterrupt:
+        for outcome in runner.stop():
+            _job_done(out, outcome)
+        config["invocations"][-1]["interrupted"] = True
+        _finish(out, config, started)
+        raise RunInterrupted(f"interrupted: the finished jobs are in {out}; {how_to_resume}") from None
+
+
+EVALUATION_SETTINGS = ("fidelity_samples", "eval_size", "throughput_cap_s")
+ARCHIVED = ("config.json", "metrics.csv", "summary.csv", "jobs.csv", "curves.csv", "report.md", "jobs")
+
+
+def evaluate_run(run_dir, fidelity_samples: int | None = None, eval_size: int | None = None,
+                 throughput_cap_s: float | None = None, models_: list[str] | None = None, executor: str = "local",
+                 workers: int = 1, ray_address: str | None = None, progress: bool = True) -> tuple[Path, list[dict]]:
+    """``bench evaluate``: measure every finished job again from its checkpoint, with no training.
+
+    The rule: the run's tables are replaced, so that they always describe one evaluation of every model;
+    the tables, outcomes and report they replace are first copied to ``history/<timestamp>/``, and
+    ``config.json`` lists each evaluation with its settings (``invocations``)."""
+    out = Path(run_dir)
+    if not (out / "config.json").is_file():
+        raise UserError(f"{out} holds no config.json: give the folder of a `bench run`")
+    config = results.read_json(out / "config.json")
+    finished = [o for o in results.load_outcomes(out) if o["job"]["model"] != "data" and o["status"] == "ok"]
+    unknown = sorted(set(models_ or []) - {o["job"]["model"] for o in finished})
+    if unknown:
+        raise UserError(f"no finished job of {', '.join(unknown)} in {out}; its finished models: "
+                        f"{', '.join(sorted({o['job']['model'] for o in finished})) or 'none'}")
+    chosen = [o for o in finished if not models_ or o["job"]["model"] in models_]
+    if not chosen:
+        raise UserError(f"{out} has no finished job to evaluate: `bench run` it first")
+    changes = {k: v for k, v in zip(EVALUATION_SETTINGS, (fidelity_samples, eval_size, throughput_cap_s))
+               if v is not None}
+    archive = _archive(out)
+    config.update(changes)
+    device = resolve_device(config["device"])
+    data = load_dataset(config["dataset"], config.get("data_root"))
+    _prepare_shared(config, data, device, out, progress)
+    jobs = [replace(Job(**o["job"]), **changes, out=str(out), progress=progress, evaluate_only=True,
+                    classifier_file=config.get("classifier_path"),
+                    classifier_digest=config.get("classifier_weights_digest")) for o in chosen]
+    runner = executors.create(executor, workers=workers, device=str(device), address=ray_address)
+    config.setdefault("invocations", []).append(
+        {"started": datetime.now().isoformat(timespec="seconds"), "command": "evaluate", **runner.describe(),
+         "settings": changes, "previous_tables": str(archive.relative_to(out)), "ran": [j.key for j in jobs]})
+    results.write_json(out / "config.json", config)
+    started = time.perf_counter()
+    _execute(out, config, runner, jobs, started, f"run `bench evaluate {out}` again to finish")
+    _finish(out, config, started)
+    return out, results.load_outcomes(out)
+
+
+def _archive(out: Path) -> Path:
+    """Copy the tables, outcomes and report about to be replaced into ``history/<timestamp>/``."""
+    import shutil
+
+    target = out / "history" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    target.mkdir(parents=True)
+    for name in ARCHIVED:
+        source = out / name
+        if source.is_dir():
+            shutil.copytree(source, target / name)
+        elif source.is_file():
+            shutil.copy2(source, target / name)
+    return target
+
+
+def _check_interval(text: str) -> None:
+    spec = parse_budget(text)
+    if spec.kind not in ("seconds", "steps"):
+        raise UserError(f"--checkpoint-every takes a time or a step count, such as 300s, 10min or 500steps; "
+                        f"got {text!r}")
+
+
+def _job_done(out: Path, outcome: dict) -> None:
+    _print_outcome(outcome)
+    _write_tables(out)  # after every job, from the files: the tables always say what is on disk
+
+
+def _write_tables(out: Path) -> None:
+    outcomes = results.load_outcomes(out)
     if outcomes:
         results.write_tables(out, outcomes)
-    started = time.perf_counter()
-    for model_name in models_:
-        for seed in seeds:
-            job = Job(model_name, dataset, seed, budget, str(torch_device), str(out), data_root, progress,
-                      throughput_cap_s, fidelity_samples, eval_size, early_stopping=early_stopping,
-                      model_args=model_args.get(model_name, {}))
-            outcome = run_isolated(job) if isolate else run_job(job)
-            outcomes.append(asdict(outcome) if not isinstance(outcome, dict) else outcome)
-            _print_outcome(outcomes[-1])
-            results.write_tables(out, outcomes)  # after every job: nothing computed is lost
-    if scaling:
-        _scaling_study(out, models_, torch_device, scaling_batches(budget))
-    config["wall_seconds"] = round(time.perf_counter() - started, 1)
-    results.write_json(out / "config.json", config)
+
+
+def _finish(out: Path, config: dict, started: float) -> None:
     from bench import report
-    report.render(out)
-    return out, outcomes
+
+    config["invocations"][-1]["wall_seconds"] = round(time.perf_counter() - started, 1)
+    config["wall_seconds"] = round(sum(i.get("wall_seconds", 0) for i in config["invocations"]), 1)
+    results.write_json(out / "config.json", config)
+    _write_tables(out)
+    if (out / "metrics.csv").exists():
+        report.render(out)
 
 
-def _prepare_shared(config: dict, data, device, out: Path, progress: bool) -> list[dict]:
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM stops the driver the way Ctrl-C does: workers are asked to checkpoint, the tables written."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _prepare_shared(config: dict, data, device, out: Path, progress: bool, check=None) -> list[dict]:
     """Work shared by all jobs: the evaluation classifier (its accuracy goes into ``config``) and the
     ``data`` rows' outcomes (real held-out images scored as if they were samples)."""
     from bench import fidelity
 
-    return fidelity.prepare_run(config, data, device, out, progress)
+    return fidelity.prepare_run(config, data, device, out, progress, check=check)
 
 
 def _scaling_study(out: Path, model_names: list[str], device, batches=None) -> None:

@@ -64,18 +64,29 @@ class ShuffledBatches:
         x = to_track(self.images[idx], self.track, generator=self.generator)
         return x.to(self.device, non_blocking=True), self.labels[idx].to(self.device, non_blocking=True)
 
+    def state(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": self._order, "pos": self._pos}
+
+    def load_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self._order, self._pos = state["order"], state["pos"]
+
 
 def train(model, images: torch.Tensor, labels: torch.Tensor, budget: Budget, device: torch.device,
           seed: int, batch_size: int = 64, progress: bool = True, curve_points: int = 200,
           result: TrainResult | None = None, validation: torch.Tensor | None = None,
-          patience: int = 4) -> TrainResult:
+          patience: int = 4, checkpoint: "Checkpointing | None" = None) -> TrainResult:
     """Train ``model`` until ``budget`` is spent. ``result`` (if given) is filled in place, so a
     caller still holds what was bought when ``Diverged`` is raised.
 
     With ``validation`` (images in the track's representation) this is early stopping: the mean
     validation NLL after every epoch, the learning rate halved after an epoch without improvement,
     the best epoch's weights restored at the end, and training ends once ``patience`` epochs in a row
-    bring no improvement."""
+    bring no improvement.
+
+    With ``checkpoint`` the loop saves an incomplete checkpoint every ``checkpoint.every`` and when a stop
+    is requested (``request_stop``, then ``Interrupted``), and continues from ``checkpoint.resume`` (the
+    payload of such a checkpoint) exactly where it stopped."""
     result = result if result is not None else TrainResult()
     optimizers = model.configure_optimizers()
     stopper = EarlyStopping(model, validation, device, patience, optimizers) if validation is not None else None
@@ -86,11 +97,17 @@ def train(model, images: torch.Tensor, labels: torch.Tensor, budget: Budget, dev
     result.flops_per_step = step_flops(model, images, labels, batches.batch_size, device, seed,
                                        required=budget.kind == "flops")
     log_every = _log_interval(budget, steps_per_epoch, curve_points, result.flops_per_step)
+    if checkpoint:
+        checkpoint.optimizers = optimizers
+    if checkpoint and checkpoint.resume:
+        checkpoint.restore(model, optimizers, result, batches, stopper)
+    loss = result.curve[-1]["loss"] if result.curve else float("nan")
     # An adaptive solver's steps (hence a training step's FLOPs) change with the weights: recount.
     recount = getattr(model, "sampling_cost_depends_on_weights", False) and result.flops_per_step > 0
     bar = tqdm(total=budget.amount, desc=f"train {model.name}", unit=budget.kind,
                disable=not progress, leave=False, dynamic_ncols=True)
-    start = time.perf_counter()
+    start = time.perf_counter() - result.seconds  # a resumed run's clock goes on from its checkpoint
+    _STOP.listening, _STOP.requested = True, False
     try:
         while not budget.exhausted(result.steps, result.seconds, result.steps / steps_per_epoch, result.flops):
             batch = next(batches)
@@ -121,7 +138,12 @@ def train(model, images: torch.Tensor, labels: torch.Tensor, budget: Budget, dev
                 bar.refresh()
             if stopper and result.steps % steps_per_epoch == 0 and stopper.epoch_done(result):
                 break
+            if checkpoint and (_STOP.requested or checkpoint.due(result)):
+                checkpoint.save(model, optimizers, result, batches, stopper)
+            if _STOP.requested:
+                raise Interrupted(result.steps)
     finally:
+        _STOP.listening = False
         bar.close()
         model.eval()
         if stopper:
@@ -129,6 +151,81 @@ def train(model, images: torch.Tensor, labels: torch.Tensor, budget: Budget, dev
     if not result.curve or result.curve[-1]["step"] != result.steps:
         result.curve.append({"step": result.steps, "seconds": result.seconds, "loss": loss})
     return result
+
+
+class Interrupted(Exception):
+    """Training stopped at a step boundary because the worker was asked to stop (its state is checkpointed)."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted at step {step}")
+        self.step = step
+
+
+class _StopFlag:
+    listening = False
+    requested = False
+
+
+_STOP = _StopFlag()
+
+
+def request_stop() -> bool:
+    """Ask the running training loop to checkpoint and stop after its current step (a signal handler's
+    call). False when no loop is running: the caller should stop some other way."""
+    _STOP.requested = True
+    return _STOP.listening
+
+
+@dataclass
+class Checkpointing:
+    """Where and how often the loop saves incomplete checkpoints (``bench.checkpoints``), and what it resumes."""
+
+    path: object
+    job_hash: str
+    every: Budget | None = None  # a "seconds" or "steps" budget; None: only when asked to stop
+    resume: dict | None = None  # an incomplete checkpoint's payload
+    saved_at: tuple = (0, 0.0)  # (steps, seconds) of the last save
+    optimizers: list | None = None  # set by the loop, for the finished checkpoint
+
+    def due(self, result: TrainResult) -> bool:
+        if self.every is None:
+            return False
+        done = {"steps": result.steps - self.saved_at[0], "seconds": result.seconds - self.saved_at[1]}
+        return done.get(self.every.kind, 0) >= self.every.amount
+
+    def save(self, model, optimizers, result: TrainResult, batches, stopper) -> None:
+        from bench import checkpoints
+
+        checkpoints.save(self.path, model=model, optimizers=optimizers, job_hash=self.job_hash, complete=False,
+                         trainer=trainer_state(result), batches=batches.state(),
+                         stopper=stopper.state() if stopper else None)
+        self.saved_at = (result.steps, result.seconds)
+
+    def restore(self, model, optimizers, result: TrainResult, batches, stopper) -> None:
+        from bench import checkpoints
+
+        payload = self.resume
+        checkpoints.restore_model(model, payload)
+        checkpoints.restore_optimizers(optimizers, payload)
+        load_trainer_state(result, payload["trainer"])
+        batches.load_state(payload["batches"])
+        if stopper and payload.get("stopper"):
+            stopper.load_state(payload["stopper"])
+        checkpoints.set_rng_state(payload["rng"])  # last: nothing above draws
+        self.saved_at = (result.steps, result.seconds)
+
+
+_TRAINER_FIELDS = ("steps", "examples", "seconds", "flops", "flops_per_step", "curve", "valid_curve", "best_epoch")
+
+
+def trainer_state(result: TrainResult) -> dict:
+    return {name: getattr(result, name) for name in _TRAINER_FIELDS}
+
+
+def load_trainer_state(result: TrainResult, state: dict) -> None:
+    for name in _TRAINER_FIELDS:
+        if name in state and name != "flops_per_step":  # the step's FLOPs are counted again, on this machine
+            setattr(result, name, state[name])
 
 
 def step_flops(model, images, labels, batch_size: int, device: torch.device, seed: int,
@@ -182,6 +279,12 @@ class EarlyStopping:
                 for group in optimizer.param_groups:
                     group["lr"] /= 2
         return epoch - result.best_epoch >= self.patience
+
+    def state(self) -> dict:
+        return {"best_nll": self.best_nll, "best_state": self.best_state}
+
+    def load_state(self, state: dict) -> None:
+        self.best_nll, self.best_state = state["best_nll"], state["best_state"]
 
     def restore_best(self):
         if self.best_state is not None:

@@ -59,6 +59,13 @@ class GenerativeModel(nn.Module):
         opt.step()
         return {"loss": loss.item()}
 
+    def training_state(self) -> dict:
+        """State that training changes but ``state_dict`` does not hold (a checkpoint saves it). Default: none."""
+        return {}
+
+    def load_training_state(self, state: dict) -> None:
+        """Restore what ``training_state`` returned."""
+
     # --- evaluation -----------------------------------------------------------------------
     def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
         """``n`` images in [0, 1], N x C x H x W."""

@@ -151,6 +151,15 @@ class EBM(GenerativeModel):
     def configure_optimizers(self):
         return [torch.optim.Adam(self.parameters(), lr=self.lr, betas=(0.0, 0.999))]
 
+    def training_state(self) -> dict:
+        b = self.buffer  # the chains' starting points are part of what training has built
+        return {"storage": b.storage[:b.size].clone(), "size": b.size, "next": b.next}
+
+    def load_training_state(self, state: dict) -> None:
+        if state:
+            self.buffer.storage[:state["size"]] = state["storage"]
+            self.buffer.size, self.buffer.next = state["size"], state["next"]
+
     @property
     def sampling_nfe(self) -> int:
         return self.sampling_steps

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from bench import measure
-from bench.runner import Job, run_isolated
+from bench.executors.local import LocalExecutor
+from bench.runner import Job
 from tests.plugins.memory_hog import MemoryHog
 
 CPU = torch.device("cpu")
@@ -68,8 +69,9 @@ def test_spawned_job_reports_its_own_peak_not_the_parents(parent_holding_memory,
     assert parent_peak >= 1536
     job = Job("memory-hog", "digits", 0, "2steps", "cpu", str(tmp_path), progress=False, throughput_cap_s=5.0,
               fidelity_samples=50, eval_size=50)
-    outcome = run_isolated(job)
-    outcome = outcome if isinstance(outcome, dict) else asdict(outcome)
+    reported = []
+    LocalExecutor(workers=1).run([job], reported.append)  # a fresh spawned worker process, as in a run
+    (outcome,) = reported
     assert outcome["status"] == "ok", outcome["reason"] + outcome["info"].get("traceback", "")
     values = {(r["metric"], r.get("batch")): r["value"] for r in outcome["rows"]}
     train_peak = values[("peak_memory_train", None)]

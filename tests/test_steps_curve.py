@@ -44,7 +44,7 @@ def fake_draw(monkeypatch):
 
     monkeypatch.setattr(steps_curve, "_measure_point", measure_point)
     monkeypatch.setattr("bench.classifier.has_labels", lambda data: True)
-    monkeypatch.setattr("bench.classifier.load_or_train", lambda data, device, progress: None)
+    monkeypatch.setattr("bench.fidelity.job_classifier", lambda data, device, job: None)
     return seen
 
 

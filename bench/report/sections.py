@@ -176,11 +176,40 @@ def jobs_blocks(run: Run) -> list[Block]:
         summary = f"All {len(jobs)} jobs finished ok."
     else:
         summary = f"{len(bad)} of {len(jobs)} jobs did not finish ok; their reasons:"
-    blocks = [h2("Jobs"), para(summary)]
+    blocks = [h2("Jobs"), para(summary)] + invocation_blocks(run)
     if not bad.empty:
         blocks.append(bullets(f"{r.status.upper()}: {r.model} seed {r.seed}: {r.reason or 'no reason recorded'}"
                               for r in bad.itertuples()))
     return blocks + ([table(jobs.astype(str))] if not jobs.empty else [])
+
+
+def invocation_blocks(run: Run) -> list[Block]:
+    """How the run was made when it took more than one command: what each kept, continued or ran."""
+    invocations = run.config.get("invocations") or []
+    resumed = run.jobs[run.jobs["resumed"].fillna("").astype(str) != ""] if "resumed" in run.jobs else run.jobs.iloc[:0]
+    if len(invocations) < 2 and resumed.empty:
+        return []
+    lines = []
+    for i, inv in enumerate(invocations, 1):
+        what = inv.get("command", "run")
+        parts = [f"{len(inv.get('ran', []))} job(s) run"]
+        if inv.get("kept"):
+            parts.append(f"{len(inv['kept'])} finished job(s) kept")
+        if inv.get("continued"):
+            parts.append("continued from checkpoints: " + ", ".join(f"{k} ({v})" for k, v in inv["continued"].items()))
+        if inv.get("redone"):
+            parts.append("redone: " + ", ".join(f"{k} ({v})" for k, v in inv["redone"].items()))
+        if inv.get("settings"):
+            parts.append("settings " + _flat(inv["settings"]))
+        if inv.get("interrupted"):
+            parts.append("interrupted")
+        lines.append(f"invocation {i}, `{what}` at {inv.get('started', '?')} ({inv.get('executor', 'local')}, "
+                     f"{inv.get('workers', 1)} worker(s)): " + "; ".join(parts))
+    blocks = [para(f"This run was made in {len(invocations)} invocations on the same folder:"), bullets(lines)]
+    if not resumed.empty:
+        blocks.append(para("Jobs resumed: " + "; ".join(f"{r.model} seed {r.seed}: {r.resumed}"
+                                                        for r in resumed.itertuples()) + "."))
+    return blocks
 
 
 CONFIG_ROWS = [("dataset", "dataset"), ("dataset_description", "dataset description"),

@@ -1,0 +1,118 @@
+"""Checkpoints: resuming training is exact, a corrupt file is refused, a finished job's files are checked."""
+import json
+
+import pytest
+import torch
+
+import models
+from bench import checkpoints, resume
+from bench.budgets import parse_budget
+from bench.data import load_dataset
+from bench.jobs import Job, config_hash, training_hash
+from bench.runner import seed_everything
+from bench.trainer import Checkpointing, TrainResult, train
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("mnist5k")
+
+
+def _train(name, data, budget, plan=None, seed=3):
+    seed_everything(seed)
+    model = models.build(name, image_shape=data.image_shape)
+    result = TrainResult()
+    train(model, data.train_images[:512], data.train_labels[:512], parse_budget(budget), torch.device("cpu"), seed,
+          batch_size=32, progress=False, result=result, checkpoint=plan)
+    return model, result
+
+
+# One model per kind of state a checkpoint must carry: plain Adam (fvsbn), two optimisers (cgan), a replay
+# buffer outside the state_dict (ebm), data-dependent initialisation (glow), dequantization noise (realnvp).
+@pytest.mark.parametrize("name", ["fvsbn", "cgan", "ebm", "glow", "realnvp"])
+def test_training_resumed_from_a_checkpoint_gives_the_same_weights(name, data, tmp_path):
+    straight, straight_result = _train(name, data, "6steps")
+    path = tmp_path / "ckpt.pt"
+    _train(name, data, "3steps", Checkpointing(path, "h", parse_budget("3steps")))
+    saved = checkpoints.load(path, "h")
+    assert saved["trainer"]["steps"] == 3 and not saved["complete"]
+    resumed, resumed_result = _train(name, data, "6steps", Checkpointing(path, "h", resume=saved))
+    assert resumed_result.steps == straight_result.steps == 6
+    for (key, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), f"{name}: {key} differs after resuming"
+    assert [p["loss"] for p in resumed_result.curve] == [p["loss"] for p in straight_result.curve]
+
+
+def test_resuming_without_the_saved_random_state_would_differ(data, tmp_path):
+    """The test above can fail: drop the saved RNG state and the resumed weights are not the same."""
+    straight, _ = _train("realnvp", data, "6steps")
+    path = tmp_path / "ckpt.pt"
+    _train("realnvp", data, "3steps", Checkpointing(path, "h", parse_budget("3steps")))
+    saved = checkpoints.load(path, "h")
+    saved["rng"] = checkpoints.rng_state()  # the state of a different moment
+    torch.manual_seed(999)
+    saved["rng"]["torch"] = torch.get_rng_state()
+    resumed, _ = _train("realnvp", data, "6steps", Checkpointing(path, "h", resume=saved))
+    assert any(not torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_a_corrupt_or_foreign_checkpoint_is_refused(data, tmp_path):
+    path = tmp_path / "ckpt.pt"
+    _train("fvsbn", data, "2steps", Checkpointing(path, "h", parse_budget("2steps")))
+    with pytest.raises(checkpoints.CheckpointError, match="another configuration"):
+        checkpoints.load(path, "other")
+    payload = checkpoints.load(path, "h")
+    first = next(iter(payload["state_dict"]))
+    payload["state_dict"][first] = payload["state_dict"][first] + 1  # weights that no longer match their digest
+    torch.save(payload, path)
+    with pytest.raises(checkpoints.CheckpointError, match="digest"):
+        checkpoints.load(path, "h")
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(checkpoints.CheckpointError, match="unreadable"):
+        checkpoints.load(path, "h")
+
+
+def test_the_training_hash_ignores_evaluation_settings_and_the_config_hash_does_not():
+    job = Job("fvsbn", "mnist5k", 0, "smoke", "cpu", "/a")
+    more_samples = Job("fvsbn", "mnist5k", 0, "smoke", "cpu", "/b", fidelity_samples=1000)
+    assert training_hash(job) == training_hash(more_samples)
+    assert config_hash(job) != config_hash(more_samples)
+    assert training_hash(job) != training_hash(Job("fvsbn", "mnist5k", 1, "smoke", "cpu", "/a"))
+
+
+def _finished_job(tmp_path, status="ok"):
+    job = Job("fvsbn", "mnist5k", 0, "smoke", "cpu", str(tmp_path))
+    job.checkpoint_path.parent.mkdir(parents=True)
+    job.checkpoint_path.write_bytes(b"weights")
+    job.outcome_path.parent.mkdir(parents=True)
+    info = {"config_hash": config_hash(job), "checkpoint": "checkpoints/fvsbn__mnist5k__seed0.pt",
+            "checkpoint_digest": checkpoints.file_digest(job.checkpoint_path)}
+    job.outcome_path.write_text(json.dumps({"status": status, "info": info}))
+    return job
+
+
+def test_a_finished_job_is_kept_only_while_its_files_check_out(tmp_path):
+    job = _finished_job(tmp_path)
+    assert resume.finished(job) == (True, "")
+    job.checkpoint_path.write_bytes(b"weightz")
+    assert resume.finished(job) == (False, "its checkpoint does not match the digest recorded with it")
+    job.checkpoint_path.unlink()
+    assert resume.finished(job) == (False, "its checkpoint is missing")
+    job.outcome_path.write_text("{not json")
+    assert resume.finished(job) == (False, "its outcome file is corrupt")
+
+
+def test_a_failed_job_or_another_configuration_is_run_again(tmp_path):
+    assert resume.finished(_finished_job(tmp_path / "a", status="failed")) == (False, "it ended failed")
+    job = _finished_job(tmp_path / "b")
+    other = Job("fvsbn", "mnist5k", 0, "20steps", "cpu", str(tmp_path / "b"))
+    assert resume.finished(other) == (False, "its outcome was measured under another configuration")
+    assert resume.finished(job)[0]
+
+
+def test_differences_name_each_changed_setting():
+    before = {"budget": "smoke", "dataset": "mnist5k", "model_settings": {"vae-z2": {"lr": 0.001, "channels": [32, 64]}}}
+    now = {"budget": "default", "dataset": "mnist5k", "model_settings": {"vae-z2": {"lr": 0.002, "channels": (32, 64)}}}
+    assert resume.differences(before, now) == ["budget is 'smoke' in the folder, 'default' now",
+                                               "vae-z2 setting lr is 0.001 in the folder, 0.002 now"]
+    assert resume.differences(before, before) == []
