@@ -243,6 +243,10 @@ def cmd_list(_args) -> int:
     for name, spec in PRESETS.items():
         print(f"  {name:<8} = {spec}")
     print(f"  or {FORMS}")
+    from bench import executors
+
+    print(f"executors (--executor): {', '.join(n for n in executors.names() if n != 'in-process')} "
+          f"(--in-process runs jobs in this process, for debugging)")
     print("metrics:")
     from bench.metrics import REGISTRY
 
