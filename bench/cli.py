@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _sigterm_as_ctrl_c()
     try:
         if getattr(args, "config", None):
             args = _apply_config_file(parser, argv, args)
@@ -126,6 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, _interrupted()) as exc:  # Ctrl-C or SIGTERM: stopped cleanly, no traceback
         print(f"\n{exc}" if str(exc) else "\ninterrupted", file=sys.stderr)
         return 130
+
+
+def _sigterm_as_ctrl_c() -> None:
+    """SIGTERM (a scheduler, `kill`) stops every command the way Ctrl-C does: cleanly, exit 130."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def _interrupted():

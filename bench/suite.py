@@ -100,6 +100,7 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
                 model_args=model_args.get(model_name, {}), checkpoint_every=checkpoint_every,
                 classifier_file=config.get("classifier_path"), classifier_digest=config.get("classifier_weights_digest"))
             for model_name in models_ for seed in seeds]
+    _warn_if_oversubscribed(budget, workers if executor == "local" and isolate else 1)
     plan = resume.plan(jobs)
     if previous:
         print(f"resuming {out}: {plan.describe()}", flush=True)
@@ -200,6 +201,20 @@ def _check_interval(text: str) -> None:
     if spec.kind not in ("seconds", "steps"):
         raise UserError(f"--checkpoint-every takes a time or a step count, such as 300s, 10min or 500steps; "
                         f"got {text!r}")
+
+
+def _warn_if_oversubscribed(budget: str, workers: int) -> None:
+    """A time budget buys each job the steps its share of the cores allows: more workers than cores
+    change what a job trains, not only how fast the run ends."""
+    import os
+
+    from bench.jobs import job_threads
+
+    cores = os.cpu_count() or 1
+    if parse_budget(budget).kind == "seconds" and workers * job_threads() > cores:
+        print(f"note: {workers} workers x {job_threads()} thread(s) on {cores} cores: under a time budget each "
+              f"job trains less than it would alone; use --workers {max(1, cores // job_threads())} or a step, "
+              f"epoch or FLOP budget", flush=True)
 
 
 def _job_done(out: Path, outcome: dict) -> None:

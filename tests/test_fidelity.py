@@ -261,3 +261,30 @@ def test_suite_scores_uniform_noise_far_below_a_trained_model(tmp_path):
     config = pd.read_json(out / "config.json", typ="series")
     assert 0.5 < config["classifier_accuracy"] <= 1.0 and config["fidelity_reference_split"] == "test"
     print(f"bench run (digits, fvsbn + uniform-noise, smoke): {seconds:.1f}s")
+
+
+def test_a_shipped_classifier_is_checked_against_the_runs_digest(mnist5k, tiny, tmp_path):
+    """Every model of a run is scored by the driver's classifier: a worker's copy must match its digest."""
+    from bench.classifier import ClassifierMismatch, load_shipped
+
+    shipped = load_shipped(tiny.path, tiny.weights_digest)
+    assert shipped.weights_digest == tiny.weights_digest
+    for a, b in zip(shipped.model.state_dict().values(), tiny.model.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ClassifierMismatch, match="one classifier"):
+        load_shipped(tiny.path, "0" * 12)
+    payload = torch.load(tiny.path, weights_only=False)
+    first = next(iter(payload["state_dict"]))
+    payload["state_dict"][first] = payload["state_dict"][first] + 1  # another classifier under the same digest
+    altered = tmp_path / "altered.pt"
+    torch.save(payload, altered)
+    with pytest.raises(ClassifierMismatch):
+        load_shipped(altered, tiny.weights_digest)
+
+
+def test_a_classifier_mismatch_fails_the_job_instead_of_scoring_it(mnist5k, tiny, tmp_path):
+    job = SimpleNamespace(fidelity_samples=50, seed=0, out=str(tmp_path), progress=False,
+                          classifier_file=str(tiny.path), classifier_digest="0" * 12)
+    model = SimpleNamespace(track="8bit", conditional=False, name="m")
+    with pytest.raises(clf_module.ClassifierMismatch):
+        fidelity.model_rows(model, mnist5k, torch.device("cpu"), job, SimpleNamespace(notes=[], info={}))
