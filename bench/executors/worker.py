@@ -31,5 +31,7 @@ def main(job: dict, connection, env: dict) -> None:
     from bench.runner import run_job
 
     outcome = run_job(Job(**job))  # never raises; the outcome is already on disk
+    for signum in (signal.SIGTERM, signal.SIGINT):  # done: a late stop request must not interrupt the exit
+        signal.signal(signum, signal.SIG_IGN)
     connection.send(asdict(outcome))
     connection.close()
