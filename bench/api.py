@@ -28,7 +28,9 @@ def run(models: str | list[str] = "all", dataset: str = "mnist5k", budget: str =
     """Run a suite and return its tidy metrics table; ``df.attrs["run_dir"]`` is the run folder.
 
     ``models`` is ``"all"`` or a list of registered names; ``options`` are ``bench.suite.run_suite``'s
-    keywords (``fidelity_samples``, ``eval_size``, ``throughput_cap_s``, ``isolate``)."""
+    keywords (``fidelity_samples``, ``eval_size``, ``throughput_cap_s``, ``isolate``, ``executor``, ``workers``,
+    ``ray_address``, ``fresh``, ``checkpoint_every``). Like the command line, an ``out`` that already holds
+    a run resumes it."""
     from bench.suite import resolve_models, run_suite
 
     names = resolve_models(None if models == "all" else list(models), models == "all")

@@ -96,7 +96,19 @@ def curves_frame(outcomes) -> pd.DataFrame:
 
 
 def load_outcomes(run_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((Path(run_dir) / "jobs").glob("*.json"))]
+    """Every job outcome in the run folder, in the run's order: the ``data`` rows, then the models as
+    config.json lists them (the order the user asked for, families together), then seeds."""
+    run_dir = Path(run_dir)
+    outcomes = [json.loads(p.read_text()) for p in sorted((run_dir / "jobs").glob("*.json"))]
+    config = run_dir / "config.json"
+    order = json.loads(config.read_text()).get("models", []) if config.exists() else []
+
+    def position(o: dict):
+        model = o["job"]["model"]
+        rank = -1 if model == "data" else order.index(model) if model in order else len(order)
+        return rank, o["job"]["seed"]
+
+    return sorted(outcomes, key=position)
 
 
 def write_tables(run_dir: Path, outcomes) -> pd.DataFrame:

@@ -116,3 +116,30 @@ def test_differences_name_each_changed_setting():
     assert resume.differences(before, now) == ["budget is 'smoke' in the folder, 'default' now",
                                                "vae-z2 setting lr is 0.001 in the folder, 0.002 now"]
     assert resume.differences(before, before) == []
+
+
+def test_early_stopping_resumes_with_its_best_weights_and_curve(data, tmp_path):
+    """An early-stopped run interrupted after an epoch: the validation curve, the kept best weights and the
+    halved learning rate all continue as if it had not stopped."""
+    # Inverted digits: the model gets worse on them as it learns digits, so the best epoch is the first and
+    # the kept weights are those the checkpoint must carry (not the last ones).
+    validation = 1 - data.valid_split("binary")[:200]
+
+    def run(budget, plan=None):
+        seed_everything(3)
+        model = models.build("fvsbn", image_shape=data.image_shape)
+        result = TrainResult()
+        train(model, data.train_images[:256], data.train_labels[:256], parse_budget(budget), torch.device("cpu"), 3,
+              batch_size=32, progress=False, result=result, validation=validation, checkpoint=plan)
+        return model, result
+
+    straight, straight_result = run("40steps")
+    path = tmp_path / "ckpt.pt"
+    run("20steps", Checkpointing(path, "h", parse_budget("20steps")))  # 8 steps an epoch: two epochs and a half
+    saved = checkpoints.load(path, "h")
+    assert saved["stopper"]["best_state"] is not None and len(saved["trainer"]["valid_curve"]) == 2
+    resumed, resumed_result = run("40steps", Checkpointing(path, "h", resume=saved))
+    assert resumed_result.valid_curve == straight_result.valid_curve
+    assert resumed_result.best_epoch == straight_result.best_epoch == 1
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
