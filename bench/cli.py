@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--throughput-cap", type=float, default=None,
                           help="skip a sampling batch size projected past this many seconds")
     evaluate.add_argument("--models", type=_csv_list, default=None, help="only these models (default: all)")
+    evaluate.add_argument("--sampler-args", action="append", default=[], metavar="MODEL:KEY=VALUE[,KEY=VALUE]",
+                          help="another sampler setting for a trained model, e.g. ddpm:sampling_steps=100,sampler=ddim "
+                               "(only the settings a model declares as its sampler's; repeatable)")
     evaluate.add_argument("--executor", default="local", help="local or ray")
     evaluate.add_argument("--workers", type=int, default=1, help="jobs at once")
     evaluate.add_argument("--ray-address", help="an existing Ray cluster (--executor ray)")
@@ -233,6 +236,7 @@ def cmd_evaluate(args) -> int:
     _check_executor(args)
     out, outcomes = evaluate_run(args.run_dir, fidelity_samples=args.fid_samples, eval_size=args.eval_size,
                                  throughput_cap_s=args.throughput_cap, models_=args.models,
+                                 sampler_args=args.sampler_args,
                                  executor=args.executor, workers=args.workers, ray_address=args.ray_address,
                                  progress=not args.no_progress)
     return _finished(out, outcomes)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 from bench.errors import UserError
@@ -29,6 +30,7 @@ class Job:
     eval_size: int | None = None  # test images scored for likelihood; None: the whole test split
     early_stopping: bool = False  # likelihood models: keep the epoch with the best validation NLL
     model_args: dict = field(default_factory=dict)  # constructor overrides (--model-args)
+    sampler_args: dict = field(default_factory=dict)  # sampler-only overrides (evaluate --sampler-args)
     # How the job runs, not what it measures (left out of ``config_hash``):
     checkpoint_every: str | None = None  # periodic training checkpoints, e.g. "300s" or "50steps"; None: none
     classifier_file: str | None = None  # the run's evaluation classifier, shipped by the driver
@@ -59,7 +61,12 @@ TRAINING_FIELDS = ("model", "dataset", "seed", "budget", "device", "data_root", 
 
 
 def _digest(fields: dict) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A field at its default is left out, so that a field added to ``Job`` later (with a default that keeps
+    today's behaviour) does not change the hashes of the runs already on disk."""
+    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory()
+                for f in dataclass_fields(Job) if f.default is not MISSING or f.default_factory is not MISSING}
+    kept = {k: v for k, v in fields.items() if k not in defaults or v != defaults[k]}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def config_hash(job: "Job | dict") -> str:
@@ -71,7 +78,7 @@ def config_hash(job: "Job | dict") -> str:
 def training_hash(job: "Job | dict") -> str:
     """A digest of what decides the job's trained weights (the checkpoint's key)."""
     fields = asdict(job) if not isinstance(job, dict) else dict(job)
-    return _digest({k: fields.get(k) for k in TRAINING_FIELDS})
+    return _digest({k: fields[k] for k in TRAINING_FIELDS if k in fields})
 
 
 @dataclass

@@ -52,7 +52,8 @@ def run_job(job: Job) -> JobOutcome:
     try:
         seed_everything(job.seed)
         data = load_dataset(job.dataset, job.data_root)
-        model = models.build(job.model, image_shape=data.image_shape, **job.model_args).to(device)
+        model = models.build(job.model, image_shape=data.image_shape,
+                             **{**job.model_args, **job.sampler_args}).to(device)
         outcome.info.update(family=model.family, likelihood=model.likelihood, track=model.track,
                             conditional=model.conditional, batch_size=getattr(model, "batch_size", 64))
         x_test = data.test_split(model.track)[:job.eval_size]

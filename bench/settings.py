@@ -42,6 +42,25 @@ def parse_model_args(items: list[str]) -> dict[str, dict]:
     return out
 
 
+def parse_sampler_args(items: list[str], finished_models: list[str]) -> dict[str, dict]:
+    """``--sampler-args ddpm:sampling_steps=20``: like ``--model-args``, limited to the settings a model
+    declares as the sampler's only (``sampler_settings``), so the trained weights still apply."""
+    import models
+
+    parsed = parse_model_args([i.replace("--sampler-args", "") for i in items])
+    for model, settings in parsed.items():
+        if model not in finished_models:
+            raise UserError(f"--sampler-args {model}: the run has no finished job of {model!r}; its finished models: "
+                            f"{', '.join(finished_models) or 'none'}")
+        allowed = models.model_class(model).sampler_settings
+        wrong = sorted(set(settings) - set(allowed))
+        if wrong:
+            raise UserError(f"--sampler-args {model}: {', '.join(wrong)} would change training, not only sampling; "
+                            f"{model}'s sampler settings are: {', '.join(allowed) or 'none'} (retrain with "
+                            f"`bench run --model-args` in a new folder instead)")
+    return parsed
+
+
 def constructor_settings(name: str) -> dict:
     """The constructor arguments a registered model accepts, with the values it gets by default."""
     import models

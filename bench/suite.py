@@ -88,16 +88,20 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
     }
     previous = results.read_json(out / "config.json") if (out / "config.json").exists() else None
     if previous:
+        for model, settings in previous.get("sampler_args", {}).items():  # set by `bench evaluate`: kept
+            if model in config["model_settings"]:
+                config["model_settings"][model].update(settings)
         resume.refuse_changed(out, previous, config)
         config.update(models=resume.merged_list(previous.get("models"), models_),
                       seeds=resume.merged_list(previous.get("seeds"), seeds), started=previous.get("started"),
                       model_settings={**previous.get("model_settings", {}), **model_settings},
                       model_args={**previous.get("model_args", {}), **model_args},
-                      invocations=previous.get("invocations", []))
+                      invocations=previous.get("invocations", []), sampler_args=previous.get("sampler_args", {}))
     _prepare_shared(config, data, torch_device, out, progress, check=resume.classifier_check(out, previous))
     jobs = [Job(model_name, dataset, seed, budget, str(torch_device), str(out), data_root, progress,
                 throughput_cap_s, fidelity_samples, eval_size, early_stopping=early_stopping,
                 model_args=model_args.get(model_name, {}), checkpoint_every=checkpoint_every,
+                sampler_args=config.get("sampler_args", {}).get(model_name, {}),
                 classifier_file=config.get("classifier_path"), classifier_digest=config.get("classifier_weights_digest"))
             for model_name in models_ for seed in seeds]
     _warn_if_oversubscribed(budget, workers if executor == "local" and isolate else 1)
@@ -142,7 +146,8 @@ ARCHIVED = ("config.json", "metrics.csv", "summary.csv", "jobs.csv", "curves.csv
 
 def evaluate_run(run_dir, fidelity_samples: int | None = None, eval_size: int | None = None,
                  throughput_cap_s: float | None = None, models_: list[str] | None = None, executor: str = "local",
-                 workers: int = 1, ray_address: str | None = None, progress: bool = True) -> tuple[Path, list[dict]]:
+                 workers: int = 1, ray_address: str | None = None, progress: bool = True,
+                 sampler_args: list[str] | None = None) -> tuple[Path, list[dict]]:
     """``bench evaluate``: measure every finished job again from its checkpoint, with no training.
 
     The rule: the run's tables are replaced, so that they always describe one evaluation of every model;
@@ -162,18 +167,26 @@ def evaluate_run(run_dir, fidelity_samples: int | None = None, eval_size: int | 
         raise UserError(f"{out} has no finished job to evaluate: `bench run` it first")
     changes = {k: v for k, v in zip(EVALUATION_SETTINGS, (fidelity_samples, eval_size, throughput_cap_s))
                if v is not None}
+    from bench.settings import parse_sampler_args
+
+    samplers = parse_sampler_args(sampler_args or [], sorted({o["job"]["model"] for o in finished}))
     archive = _archive(out)
     config.update(changes)
+    for model, settings in samplers.items():  # the run's sampler settings from now on, and the report's
+        config.setdefault("sampler_args", {}).setdefault(model, {}).update(settings)
+        config.setdefault("model_settings", {}).setdefault(model, {}).update(settings)
     device = resolve_device(config["device"])
     data = load_dataset(config["dataset"], config.get("data_root"))
     _prepare_shared(config, data, device, out, progress)
     jobs = [replace(Job(**o["job"]), **changes, out=str(out), progress=progress, evaluate_only=True,
+                    sampler_args=config.get("sampler_args", {}).get(o["job"]["model"], {}),
                     classifier_file=config.get("classifier_path"),
                     classifier_digest=config.get("classifier_weights_digest")) for o in chosen]
     runner = executors.create(executor, workers=workers, device=str(device), address=ray_address)
     config.setdefault("invocations", []).append(
         {"started": datetime.now().isoformat(timespec="seconds"), "command": "evaluate", **runner.describe(),
-         "settings": changes, "previous_tables": str(archive.relative_to(out)), "ran": [j.key for j in jobs]})
+         "settings": {**changes, **({"sampler_args": samplers} if samplers else {})},
+         "previous_tables": str(archive.relative_to(out)), "ran": [j.key for j in jobs]})
     results.write_json(out / "config.json", config)
     started = time.perf_counter()
     _execute(out, config, runner, jobs, started, f"run `bench evaluate {out}` again to finish")

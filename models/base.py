@@ -29,6 +29,9 @@ class GenerativeModel(nn.Module):
     track: str = "binary"  # "binary" | "8bit"
     conditional: bool = False
     num_classes: int = 10
+    # Constructor settings that change only how samples are drawn, never training: a trained model may be
+    # measured again with other values (``bench evaluate --sampler-args``).
+    sampler_settings: tuple[str, ...] = ()
 
     def __init__(self, image_shape=(1, 28, 28)):
         super().__init__()

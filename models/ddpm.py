@@ -223,6 +223,7 @@ class DDPM(GenerativeModel):
     likelihood = "bound"
     track = "8bit"
 
+    sampler_settings = ("sampling_steps", "sampler", "eta")
     sampling_step_options = (10, 20, 50, 100, 1000)  # step counts worth sweeping (capped at T)
     samplers = ("ancestral", "ddim")
 

@@ -123,6 +123,7 @@ class EBM(GenerativeModel):
     likelihood = None
     track = "8bit"
 
+    sampler_settings = ("sampling_steps",)  # the Langevin step size and noise are training's too
     sampling_step_options = (10, 30, 60, 120)  # Langevin step counts worth sweeping
 
     def __init__(self, image_shape=(1, 28, 28), hidden: int = 32, alpha: float = 0.1, lr: float = 1e-4,

@@ -119,6 +119,7 @@ class AffineCoupling(nn.Module):
 
 @register("glow")
 class Glow(GenerativeModel):
+    sampler_settings = ("temperature",)
     family = "flow"
     likelihood = "bound"
     track = "8bit"

@@ -143,3 +143,47 @@ def test_early_stopping_resumes_with_its_best_weights_and_curve(data, tmp_path):
     assert resumed_result.best_epoch == straight_result.best_epoch == 1
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_trained_model_is_measured_again_with_another_sampler_setting(tmp_path, isolated_cache):
+    """``bench evaluate --sampler-args ddpm:sampling_steps=10``: the same checkpoint, another sampler."""
+    from dataclasses import replace
+
+    from bench.runner import run_job
+
+    job = Job("ddpm", "digits", 0, "2steps", "cpu", str(tmp_path), progress=False, throughput_cap_s=1.0,
+              fidelity_samples=50, eval_size=50)
+    trained = run_job(job)
+    assert trained.status == "ok", trained.reason + trained.info.get("traceback", "")
+    again = run_job(replace(job, evaluate_only=True, sampler_args={"sampling_steps": 10}))
+    assert again.status == "ok", again.reason + again.info.get("traceback", "")
+    assert again.info["trained_by_earlier_run"]
+    nfe = {o: next(r["value"] for r in out.rows if r["metric"] == "sampling_nfe" and r.get("steps") is None)
+           for o, out in (("trained", trained), ("again", again))}
+    assert nfe == {"trained": 50, "again": 10}
+    assert "10 respaced steps" in again.info["sampler"]
+    steps = [next(r["value"] for r in out.rows if r["metric"] == "train_steps") for out in (trained, again)]
+    assert steps == [2, 2] and again.curve == trained.curve
+
+
+def test_sampler_args_may_only_change_the_sampler():
+    from bench.errors import UserError
+    from bench.settings import parse_sampler_args
+
+    assert parse_sampler_args(["ddpm:sampling_steps=20,sampler=ddim"], ["ddpm"]) == {
+        "ddpm": {"sampling_steps": 20, "sampler": "ddim"}}
+    with pytest.raises(UserError, match="would change training.*sampling_steps, sampler, eta"):
+        parse_sampler_args(["ddpm:lr=0.1"], ["ddpm"])
+    with pytest.raises(UserError, match="no finished job of 'glow'"):
+        parse_sampler_args(["glow:temperature=0.7"], ["ddpm"])
+
+
+def test_a_field_added_to_job_at_its_default_leaves_the_hashes_of_earlier_runs_alone():
+    """Outcomes written before a Job field existed lack it; their hash must not change when it appears."""
+    from dataclasses import asdict
+
+    job = Job("fvsbn", "mnist5k", 0, "smoke", "cpu", "/a", model_args={"lr": 0.01})
+    older = {k: v for k, v in asdict(job).items() if k not in ("sampler_args", "checkpoint_every")}
+    assert config_hash(older) == config_hash(job) and training_hash(older) == training_hash(job)
+    assert config_hash(Job("fvsbn", "mnist5k", 0, "smoke", "cpu", "/a", sampler_args={"x": 1})) != config_hash(
+        Job("fvsbn", "mnist5k", 0, "smoke", "cpu", "/a"))
