@@ -104,6 +104,18 @@ def load(path: Path, job_hash: str | None = None) -> dict:
     return payload
 
 
+def peek(path: Path) -> dict:
+    """A checkpoint's small fields (``complete``, ``trainer`` counters) without reading or checking its
+    weights (memory-mapped): enough to say what a job will start from; ``load`` is what trusts a file."""
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=False, mmap=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not a genbench checkpoint of format {FORMAT}")
+    return {"complete": payload["complete"], "trainer": {"steps": payload["trainer"]["steps"]}}
+
+
 def restore_model(model, payload: dict) -> None:
     model.load_state_dict(payload["state_dict"])
     model.load_training_state(payload.get("model_training_state") or {})

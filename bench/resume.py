@@ -136,7 +136,7 @@ def _checkpoint_state(job: Job) -> str:
     if not job.checkpoint_path.exists():
         return ""
     try:
-        payload = checkpoints.load(job.checkpoint_path)
+        payload = checkpoints.peek(job.checkpoint_path)
     except checkpoints.CheckpointError:
         return ""  # the runner notes it and starts again
     if payload["complete"]:

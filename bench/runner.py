@@ -177,4 +177,4 @@ def _evaluate(model, data, x_test, device, job: Job, outcome: JobOutcome) -> lis
 
 
 def _save_outcome(outcome: JobOutcome, out: Path):
-    save_outcome(outcome, Path(out) / "jobs" / f"{Job(**outcome.job).key}.json")
+    save_outcome(outcome, Job(**{**outcome.job, "out": str(out)}).outcome_path)

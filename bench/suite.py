@@ -1,9 +1,7 @@
 """``bench run``: resolve the configuration, run every job, write the tables and the report."""
 from __future__ import annotations
 
-import signal
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
@@ -110,11 +108,10 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
         print(f"resuming {out}: {plan.describe()}", flush=True)
     runner = executors.create(executor if isolate else "in-process", workers=workers, device=str(torch_device),
                               address=ray_address)
-    invocation = {"started": datetime.now().isoformat(timespec="seconds"), **runner.describe(),
-                  "kept": plan.kept, "continued": plan.continuing, "redone": plan.redone,
-                  "ran": [job.key for job in plan.todo]}
-    config.setdefault("invocations", []).append(invocation)
     config["executor"] = runner.describe()
+    config.setdefault("invocations", []).append(
+        {"started": datetime.now().isoformat(timespec="seconds"), **config["executor"], "kept": plan.kept,
+         "continued": plan.continuing, "redone": plan.redone, "ran": [job.key for job in plan.todo]})
     results.write_json(out / "config.json", config)
     _write_tables(out)
     started = time.perf_counter()
@@ -127,11 +124,11 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
 
 
 def _execute(out: Path, config: dict, runner, jobs: list, started: float, how_to_resume: str) -> None:
-    """Run ``jobs`` through the executor, the tables rewritten after each; on Ctrl-C or SIGTERM the workers
-    are asked to stop (training checkpoints), the tables and report are written, and ``RunInterrupted``."""
+    """Run ``jobs`` through the executor, the tables rewritten after each; on Ctrl-C (and SIGTERM, which the
+    command line turns into it) the workers are asked to stop (training checkpoints), the tables and report
+    are written, and ``RunInterrupted``."""
     try:
-        with _sigterm_as_interrupt():
-            runner.run(jobs, lambda outcome: _job_done(out, outcome))
+        runner.run(jobs, lambda outcome: _job_done(out, outcome))
     except KeyboardInterrupt:
         for outcome in runner.stop():
             _job_done(out, outcome)
@@ -250,23 +247,6 @@ def _finish(out: Path, config: dict, started: float) -> None:
     _write_tables(out)
     if (out / "metrics.csv").exists():
         report.render(out)
-
-
-@contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM stops the driver the way Ctrl-C does: workers are asked to checkpoint, the tables written."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt("SIGTERM")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _prepare_shared(config: dict, data, device, out: Path, progress: bool, check=None) -> list[dict]:
