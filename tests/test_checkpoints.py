@@ -187,3 +187,38 @@ def test_a_field_added_to_job_at_its_default_leaves_the_hashes_of_earlier_runs_a
     assert config_hash(older) == config_hash(job) and training_hash(older) == training_hash(job)
     assert config_hash(Job("fvsbn", "mnist5k", 0, "smoke", "cpu", "/a", sampler_args={"x": 1})) != config_hash(
         Job("fvsbn", "mnist5k", 0, "smoke", "cpu", "/a"))
+
+
+def test_the_run_grows_by_models_or_seeds_in_the_order_given():
+    assert resume.merged_list(["fvsbn", "made"], ["made", "ddpm"]) == ["fvsbn", "made", "ddpm"]
+    assert resume.merged_list([0, 1], [1, 2]) == [0, 1, 2]
+
+
+def test_peek_reads_a_checkpoints_progress_without_trusting_its_weights(data, tmp_path):
+    path = tmp_path / "ckpt.pt"
+    _train("fvsbn", data, "2steps", Checkpointing(path, "h", parse_budget("2steps")))
+    assert checkpoints.peek(path) == {"complete": False, "trainer": {"steps": 2}}
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(checkpoints.CheckpointError, match="unreadable"):
+        checkpoints.peek(path)
+
+
+def test_tables_list_jobs_in_the_runs_model_order(tmp_path):
+    from bench import results
+
+    (tmp_path / "jobs").mkdir()
+    for model in ("ddpm", "data", "fvsbn", "cgan"):
+        (tmp_path / "jobs" / f"{model}.json").write_text(json.dumps({"job": {"model": model, "seed": 0}}))
+    (tmp_path / "config.json").write_text(json.dumps({"models": ["fvsbn", "cgan", "ddpm"]}))
+    assert [o["job"]["model"] for o in results.load_outcomes(tmp_path)] == ["data", "fvsbn", "cgan", "ddpm"]
+
+
+def test_a_time_budget_with_more_workers_than_cores_says_so(monkeypatch, capsys):
+    from bench import suite
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    suite._warn_if_oversubscribed("60s", 3)
+    assert "3 workers x 1 thread(s) on 2 cores" in capsys.readouterr().out
+    suite._warn_if_oversubscribed("60s", 2)
+    suite._warn_if_oversubscribed("500steps", 8)  # steps are the same steps however many run at once
+    assert capsys.readouterr().out == ""

@@ -139,3 +139,22 @@ def test_an_output_path_that_is_a_file_exits_2_and_leaves_it_alone(tmp_path, cap
     target.write_text("keep me")
     assert main(["run", "--models", "fvsbn", "--budget", "smoke", "--out", str(target)]) == 2
     assert "is a file" in capsys.readouterr().err and target.read_text() == "keep me"
+
+
+def test_evaluate_on_a_folder_without_a_run_exits_2(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "holds no config.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--executor", "dask"], "unknown executor 'dask'; known executors: local, ray"),
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--ray-address", "10.0.0.1:6379"], "--ray-address needs --executor ray"),
+    (["--checkpoint-every", "3epochs"], "--checkpoint-every takes a time or a step count"),
+])
+def test_bad_executor_options_exit_2_naming_the_fix(args, message, tmp_path, capsys):
+    code = main(["run", "--models", "fvsbn", "--budget", "smoke", "--out", str(tmp_path / "run"), "--no-scaling",
+                 *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / "jobs").exists()  # refused before any work
