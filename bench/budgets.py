@@ -8,6 +8,7 @@ the same steps on any machine; ``full`` is published-scale training, meant for a
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -72,6 +73,8 @@ def parse_budget(text: str) -> Budget:
         amount, unit = amount * 60, "seconds"
     if unit in _FLOP_SCALE:
         amount, unit = amount * _FLOP_SCALE[unit], "flops"
+    if not math.isfinite(amount):
+        raise UserError(f"budget {text!r} is not a finite amount (it overflows a float): use {FORMS}")
     if amount <= 0:
         raise UserError(f"budget {text!r} buys no training: use a positive amount ({FORMS})")
     if unit == "steps" and amount != int(amount):

@@ -1,21 +1,27 @@
-"""The evaluation classifier: a small CNN the suite trains per dataset for its sample-quality metrics.
+"""The evaluation classifier: a small CNN whose features define the suite's sample-quality metrics.
 
 torch-fidelity's InceptionV3 cannot be downloaded here and fits 28x28 grey digits poorly, so the suite
-trains its own classifier (docs/design.md, "Traps"): penultimate features feed
-FID, KID and precision/recall, logits feed the inception score (``bench.fidelity`` registers it with
-torch-fidelity).
+uses its own classifier (docs/design.md, "Traps"): penultimate features feed FID, KID and
+precision/recall, logits feed the inception score (``bench.fidelity`` registers it with torch-fidelity).
 
-The classifier is trained once per dataset on the training split only (``data.train_images``: never the
-validation split, whose images are the ``data`` row's held-out samples, nor the test split, the reference
-set) with a fixed seed and cached under
-``<cache>/classifiers/``. The cache key is the dataset name plus a hash of everything that defines the
-classifier: the source code of the network, the augmentation and the training loop, the training
-hyper-parameters (``TrainingSpec``) and a fingerprint of the training data; change any of them and the
-classifier is retrained. Its test accuracy (on the grey test split and on its fixed binarization) is
-stored with the weights.
+FID and its kin are defined by the extractor's weights, so the weights are pinned, as FID pins Inception's:
 
-Training sees light augmentation (random shifts of about 2 pixels at 28x28) and, half of the time, a
-dynamically binarized image, so the features stay meaningful for binary-track samples.
+- **The embedded default, mnist5k, ships its classifier** (``bench/assets/classifier-mnist5k.pt``, SHA-256
+  in ``PINNED``): every machine scores with identical features, and a changed byte is refused. The file
+  was made with ``python -m bench classifier --dataset mnist5k --out bench/assets/classifier-mnist5k.pt``
+  (``DEFAULT_SPEC``, on the CPU, one thread); that command retrains it.
+- **``--classifier FILE``** scores any dataset with a file made by that command, so a team shares one.
+- **Any other dataset** trains its classifier once, deterministically (seeded data order and dropout, one
+  CPU thread, torch's deterministic kernels: two trainings on one machine give bit-identical weights), and
+  caches it under ``<cache>/classifiers/``. The cache key is the dataset plus a hash of everything that
+  defines the classifier: the source code of the network, the augmentation and the training loop, the
+  hyper-parameters (``TrainingSpec``) and a fingerprint of the training data.
+
+The classifier trains on the training split only (``data.train_images``: never the validation split,
+whose images are the ``data`` row's held-out samples, nor the test split, the reference set). Its test
+accuracy (on the grey test split and on its fixed binarization) is stored with the weights. Training sees
+light augmentation (random shifts of about 2 pixels at 28x28) and, half of the time, a dynamically
+binarized image, so the features stay meaningful for binary-track samples.
 """
 from __future__ import annotations
 
@@ -23,7 +29,9 @@ import hashlib
 import inspect
 import json
 import math
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -121,29 +129,50 @@ def warmup_cosine(step: int, total: int, warmup_fraction: float = 0.1) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def fit(model: EvalClassifier, images: torch.Tensor, labels: torch.Tensor, spec: TrainingSpec,
-        device: torch.device, progress: bool = False) -> EvalClassifier:
-    """AdamW with linear warm-up and cosine decay on augmented batches. Seeded: a retrain on the same
-    hardware and thread count gives the same weights."""
-    generator = torch.Generator().manual_seed(spec.seed)
-    torch.manual_seed(spec.seed)  # dropout
-    model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    steps = spec.steps_for(len(images))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, steps))
-    batch = min(spec.batch_size, len(images))
-    order, pos = torch.randperm(len(images), generator=generator), 0
-    for _ in tqdm(range(steps), desc="evaluation classifier", leave=False, disable=not progress):
-        if pos + batch > len(images):
-            order, pos = torch.randperm(len(images), generator=generator), 0
-        idx = order[pos:pos + batch]
-        pos += batch
-        x = augment(images[idx].cpu(), spec, generator).to(device)
-        loss = F.cross_entropy(model(x), labels[idx].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+TRAINING_THREADS = 1  # the classifier's training threads: a reduction's order, so its bits, depends on it
+
+
+@contextmanager
+def deterministic_cpu(threads: int = TRAINING_THREADS):
+    """One fixed thread count and torch's deterministic kernels for the duration; the caller's settings and
+    random state are restored afterwards (training a classifier must not move a run's random streams)."""
+    previous_threads, previous_mode = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        torch.use_deterministic_algorithms(previous_mode)
+        torch.set_num_threads(previous_threads)
+
+
+def fit(arch: dict, images: torch.Tensor, labels: torch.Tensor, spec: TrainingSpec,
+        progress: bool = False) -> EvalClassifier:
+    """A new classifier trained by AdamW with linear warm-up and cosine decay on augmented batches, on the
+    CPU with one thread and deterministic kernels, its initial weights, data order and dropout seeded: the
+    same weights every time on one machine. (The initial weights are the trap: drawn before the seed is
+    set, they came from whatever the process's random state was, and no two trainings agreed.)"""
+    with deterministic_cpu():
+        torch.manual_seed(spec.seed)  # the initial weights, then dropout
+        model = EvalClassifier(**arch).train()
+        generator = torch.Generator().manual_seed(spec.seed)  # data order, augmentation
+        optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+        steps = spec.steps_for(len(images))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, steps))
+        batch = min(spec.batch_size, len(images))
+        order, pos = torch.randperm(len(images), generator=generator), 0
+        for _ in tqdm(range(steps), desc="evaluation classifier", leave=False, disable=not progress):
+            if pos + batch > len(images):
+                order, pos = torch.randperm(len(images), generator=generator), 0
+            idx = order[pos:pos + batch]
+            pos += batch
+            x = augment(images[idx].cpu(), spec, generator)
+            loss = F.cross_entropy(model(x), labels[idx].cpu())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
     return model.eval()
 
 
@@ -158,8 +187,27 @@ def accuracy(model: EvalClassifier, images: torch.Tensor, labels: torch.Tensor) 
     return (predict_logits(model, images).argmax(1) == labels).double().mean().item()
 
 
-# --- the cache ------------------------------------------------------------------------------------
+# --- where a run's classifier comes from: the shipped file, a user's file, or the cache ---------------
 DEFINITION = (TrainingSpec, EvalClassifier, augment, warmup_cosine, fit)  # the code whose source is part of the cache key
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+@dataclass(frozen=True)
+class PinnedClassifier:
+    """A classifier shipped with the package: its file under ``bench/assets/`` and that file's SHA-256."""
+
+    file: str
+    sha256: str
+
+    @property
+    def path(self) -> Path:
+        return ASSETS / self.file
+
+
+PINNED = {
+    "mnist5k": PinnedClassifier("classifier-mnist5k.pt",
+                                "5b493e9948c48bed9eba7b6ad4f769d00df4dad999106c6e7a3eae487e1089e3"),
+}
 
 
 @dataclass
@@ -170,9 +218,10 @@ class TrainedClassifier:
     weights_digest: str
     test_accuracy: float
     test_accuracy_binarized: float
-    train_seconds: float
+    train_seconds: float | None  # None: loaded from a file, not trained by this process
     path: Path
-    trained_now: bool  # False: loaded from the cache
+    trained_now: bool  # False: loaded from a file
+    source: str = "cache"  # shipped | file (--classifier) | cache | trained
 
     @property
     def key(self) -> str:
@@ -188,7 +237,13 @@ class TrainedClassifier:
                 "classifier_weights_digest": self.weights_digest, "classifier_accuracy": self.test_accuracy,
                 "classifier_accuracy_binarized": self.test_accuracy_binarized,
                 "classifier_feature_dim": self.feature_dim, "classifier_train_seconds": self.train_seconds,
-                "classifier_path": str(self.path)}
+                "classifier_path": str(self.path), "classifier_source": SOURCES[self.source]}
+
+
+SOURCES = {"shipped": "shipped with the package (pinned, SHA-256 checked)",
+           "file": "--classifier file (digest checked)",
+           "cache": "trained on this machine (deterministic), from the cache",
+           "trained": "trained on this machine (deterministic), now"}
 
 
 def has_labels(data) -> bool:
@@ -207,7 +262,9 @@ def definition_hash(data, spec: TrainingSpec) -> str:
     return h.hexdigest()[:16]
 
 
-def _weights_digest(state: dict) -> str:
+def weights_digest(state: dict) -> str:
+    """The weights' identity (12 hex digits of a SHA-256 over every tensor): what a run, a baseline and a
+    comparison record, independent of how the file was serialised."""
     h = hashlib.sha256()
     for name, tensor in state.items():
         h.update(name.encode())
@@ -215,78 +272,139 @@ def _weights_digest(state: dict) -> str:
     return h.hexdigest()[:12]
 
 
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def for_dataset(data, device: torch.device | str = "cpu", classifier_file: str | Path | None = None,
+                spec: TrainingSpec | None = None, progress: bool = False) -> TrainedClassifier:
+    """The classifier that scores ``data``: ``classifier_file`` if given, else the shipped one for a
+    dataset in ``PINNED``, else the cached (or newly trained) one."""
+    if classifier_file:
+        return load_file(classifier_file, data, device)
+    if data.name in PINNED and spec is None:
+        return load_pinned(data.name, device)
+    return load_or_train(data, device, spec, progress)
+
+
+def load_pinned(name: str, device: torch.device | str = "cpu") -> TrainedClassifier:
+    """The classifier shipped for dataset ``name``, refused unless its file's SHA-256 is the pinned one."""
+    pinned = PINNED[name]
+    if not pinned.path.is_file():
+        raise UserError(f"the shipped evaluation classifier {pinned.path} is missing: reinstall the package, or "
+                        f"restore it with `git checkout -- bench/assets/{pinned.file}`")
+    actual = file_sha256(pinned.path)
+    if actual != pinned.sha256:
+        raise UserError(f"the shipped evaluation classifier {pinned.path} has SHA-256 {actual[:16]}..., not the "
+                        f"pinned {pinned.sha256[:16]}...: the file is corrupt or was changed. Restore it with "
+                        f"`git checkout -- bench/assets/{pinned.file}` (or reinstall the package)")
+    return _from_payload(_read_payload(pinned.path), pinned.path, "shipped", device)
+
+
+def load_file(path: str | Path, data, device: torch.device | str = "cpu") -> TrainedClassifier:
+    """``--classifier FILE``: a file written by ``python -m bench classifier``, checked against the dataset."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--classifier {path}: no such file; write one with `python -m bench classifier "
+                        f"--dataset {data.name} --out {path}`")
+    payload = _read_payload(path)
+    shape, classes = tuple(payload["arch"]["image_shape"]), payload["arch"]["num_classes"]
+    if shape != tuple(data.image_shape) or classes != data.num_classes:
+        raise UserError(f"--classifier {path} was trained on {payload.get('dataset')!r} images of shape {shape} "
+                        f"with {classes} classes; dataset {data.name!r} has shape {tuple(data.image_shape)} and "
+                        f"{data.num_classes} classes: give a classifier for this dataset")
+    return _from_payload(payload, path, "file", device)
+
+
+class ClassifierMismatch(Exception):
+    """A worker's evaluation classifier is not the one the run's driver chose: its scores would not compare."""
+
+
+def load_shipped(path: str | Path, expected_digest: str, device: torch.device | str = "cpu") -> TrainedClassifier:
+    """The classifier the driver shipped to this worker (its file, copied if need be), checked against the
+    driver's weights digest: every model of a run must be scored by the same classifier."""
+    try:
+        payload = _read_payload(Path(path))
+    except UserError as exc:
+        raise ClassifierMismatch(f"the run's evaluation classifier is unusable in this worker: {exc}") from None
+    if payload["weights_digest"] != expected_digest:
+        raise ClassifierMismatch(f"the evaluation classifier in this worker has weights digest "
+                                 f"{payload['weights_digest']}, the run's has {expected_digest}: every model of a "
+                                 f"run must be scored by one classifier")
+    return _from_payload(payload, Path(path), "file", device)
+
+
 def load_or_train(data, device: torch.device | str = "cpu", spec: TrainingSpec | None = None,
                   progress: bool = False) -> TrainedClassifier:
-    """The dataset's evaluation classifier: from the cache, or trained now (and cached).
+    """The dataset's classifier from the cache, or trained now (deterministically, on the CPU) and cached.
 
     ``spec`` defaults to ``DEFAULT_SPEC``, looked up at call time (tests swap in a tiny training)."""
     spec = spec or DEFAULT_SPEC
     if not has_labels(data):
         raise UserError(f"dataset {data.name!r} has no class labels, so it has no evaluation classifier; "
                         f"sample-quality metrics need a labelled dataset such as mnist5k or mnist")
-    device = torch.device(device)
     digest = definition_hash(data, spec)
     path = cache_dir() / "classifiers" / f"{data.name}-{digest}.pt"
-    payload = _read(path)
-    trained_now = payload is None
-    if trained_now:
-        payload = _train_and_save(data, spec, digest, path, device, progress)
-    model = EvalClassifier(**payload["arch"])
-    model.load_state_dict(payload["state_dict"])
-    model.requires_grad_(False)
-    return TrainedClassifier(model.to(device).eval(), data.name, digest, payload["weights_digest"],
-                             payload["test_accuracy"], payload["test_accuracy_binarized"],
-                             payload["train_seconds"], path, trained_now)
-
-
-class ClassifierMismatch(Exception):
-    """A worker's evaluation classifier is not the one the run's driver trained: its scores would not compare."""
-
-
-def load_shipped(path: str | Path, expected_digest: str, device: torch.device | str = "cpu") -> TrainedClassifier:
-    """The classifier the driver shipped to this worker (its cache file, copied if need be), checked against
-    the driver's weights digest: every model of a run must be scored by the same classifier."""
-    payload = _read(Path(path), keep=True)
-    if payload is None:
-        raise ClassifierMismatch(f"the run's evaluation classifier {path} is missing or unreadable in this worker")
-    digest = _weights_digest(payload["state_dict"])
-    if digest != expected_digest or payload["weights_digest"] != expected_digest:
-        raise ClassifierMismatch(f"the evaluation classifier in this worker has weights digest {digest}, the run's "
-                                 f"has {expected_digest}: every model of a run must be scored by one classifier")
-    model = EvalClassifier(**payload["arch"])
-    model.load_state_dict(payload["state_dict"])
-    model.requires_grad_(False)
-    return TrainedClassifier(model.to(device).eval(), payload["dataset"], payload["definition_hash"], digest,
-                             payload["test_accuracy"], payload["test_accuracy_binarized"],
-                             payload["train_seconds"], Path(path), False)
-
-
-def _read(path: Path, keep: bool = False) -> dict | None:
-    if not path.exists():
-        return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # a truncated cache file is retrained, not an error
-        if not keep:
-            path.unlink(missing_ok=True)
-        return None
+        payload, source, seconds = _read_payload(path), "cache", None
+    except UserError:  # missing, or a truncated cache file: trained again, not an error
+        path.unlink(missing_ok=True)
+        (payload, seconds), source = train_payload(data, spec, progress), "trained"
+        save_payload(payload, path)
+    return _from_payload(payload, path, source, device, seconds)
 
 
-def _train_and_save(data, spec: TrainingSpec, digest: str, path: Path, device: torch.device,
-                    progress: bool) -> dict:
+def train_payload(data, spec: TrainingSpec | None = None, progress: bool = False) -> tuple[dict, float]:
+    """Train the dataset's classifier; returns what its file holds (architecture, weights and their digest,
+    the definition hash, the spec and the test accuracies: no timing, so that a retraining that gives the
+    same weights writes the same bytes) and the seconds it took."""
+    spec = spec or DEFAULT_SPEC
     arch = {"image_shape": tuple(data.image_shape), "num_classes": data.num_classes}
     start = time.perf_counter()
-    model = fit(EvalClassifier(**arch), data.train_images, data.train_labels, spec, device, progress)
+    model = fit(arch, data.train_images, data.train_labels, spec, progress)
     seconds = time.perf_counter() - start
     binarized = (data.test_split("binary") * 255).to(torch.uint8)
     state = {k: v.cpu() for k, v in model.state_dict().items()}
-    payload = {"arch": arch, "state_dict": state, "weights_digest": _weights_digest(state),
-               "dataset": data.name, "definition_hash": digest, "spec": asdict(spec),
-               "test_accuracy": accuracy(model, data.test_images, data.test_labels),
-               "test_accuracy_binarized": accuracy(model, binarized, data.test_labels),
-               "train_seconds": round(seconds, 2), "device": str(device), "torch": torch.__version__}
+    return {"arch": arch, "state_dict": state, "weights_digest": weights_digest(state),
+            "dataset": data.name, "definition_hash": definition_hash(data, spec), "spec": asdict(spec),
+            "test_accuracy": accuracy(model, data.test_images, data.test_labels),
+            "test_accuracy_binarized": accuracy(model, binarized, data.test_labels),
+            "device": "cpu", "threads": TRAINING_THREADS, "torch": str(torch.__version__)}, round(seconds, 2)
+
+
+def save_payload(payload: dict, path: Path) -> None:
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{id(payload)}")
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(payload, tmp)
     tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+PAYLOAD_KEYS = ("arch", "state_dict", "weights_digest", "dataset", "definition_hash", "test_accuracy",
+                "test_accuracy_binarized")
+
+
+def _read_payload(path: Path) -> dict:
+    """A classifier file's contents, its weights checked against the digest it records; UserError if not."""
+    if not path.is_file():
+        raise UserError(f"evaluation classifier {path}: no such file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, not a torch file, or foreign objects inside
+        raise UserError(f"evaluation classifier {path} is not readable ({type(exc).__name__}); write it again with "
+                        f"`python -m bench classifier`") from None
+    if not isinstance(payload, dict) or any(k not in payload for k in PAYLOAD_KEYS):
+        raise UserError(f"{path} is not an evaluation classifier written by `python -m bench classifier`")
+    if weights_digest(payload["state_dict"]) != payload["weights_digest"]:
+        raise UserError(f"evaluation classifier {path}: its weights do not match the digest recorded with them "
+                        f"(the file is corrupt); write it again with `python -m bench classifier`")
     return payload
+
+
+def _from_payload(payload: dict, path: Path, source: str, device, seconds: float | None = None) -> TrainedClassifier:
+    model = EvalClassifier(**payload["arch"])
+    model.load_state_dict(payload["state_dict"])
+    model.requires_grad_(False)
+    return TrainedClassifier(model.to(torch.device(device)).eval(), payload["dataset"], payload["definition_hash"],
+                             payload["weights_digest"], payload["test_accuracy"], payload["test_accuracy_binarized"],
+                             seconds, Path(path), source == "trained", source)

@@ -1,4 +1,4 @@
-"""The one command line: ``python -m bench {run,evaluate,list,report,compare,baseline,scaling}``.
+"""The one command line: ``python -m bench {run,evaluate,list,report,compare,baseline,scaling,classifier}``.
 
 Exit codes: 0 success; 1 a model failed (``run``) or a regression (``compare``); 2 the user's input
 was unusable (unknown name, malformed budget, missing file, a changed configuration in a run's folder),
@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start over: delete the run already in --out (default: resume it)")
     run.add_argument("--checkpoint-every", default=None, metavar="INTERVAL",
                      help="save training checkpoints this often, e.g. 300s, 10min or 500steps (default 300s)")
+    run.add_argument("--classifier", metavar="FILE",
+                     help="score sample quality with this evaluation classifier (written by `bench classifier`) "
+                          "instead of the dataset's shipped or cached one, so a team shares one")
     run.add_argument("--config", metavar="FILE.yaml",
                      help="a YAML file whose keys mirror these flags (budget: smoke, model_args: {realnvp: "
                           "{lr: 5e-4}}, ...); flags given on the command line win")
@@ -82,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--sampler-args", action="append", default=[], metavar="MODEL:KEY=VALUE[,KEY=VALUE]",
                           help="another sampler setting for a trained model, e.g. ddpm:sampling_steps=100,sampler=ddim "
                                "(only the settings a model declares as its sampler's; repeatable)")
+    evaluate.add_argument("--classifier", metavar="FILE",
+                          help="rescore every model with this evaluation classifier (e.g. a baseline's, to compare "
+                               "sample quality with it)")
     evaluate.add_argument("--executor", default="local", help="local or ray")
     evaluate.add_argument("--workers", type=int, default=1, help="jobs at once")
     evaluate.add_argument("--ray-address", help="an existing Ray cluster (--executor ray)")
@@ -95,11 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--baseline", required=True, help="results/baselines/<name>.json")
     compare.add_argument("--tolerance", action="append", default=[], metavar="METRIC=TOL",
                          help="override a metric's tolerance, e.g. fid=0.5 or sample_throughput=0.6")
+    compare.add_argument("--no-sample-quality", action="store_true",
+                         help="leave out the metrics scored by the evaluation classifier (FID, KID, IS, precision, "
+                              "recall, ...): compare likelihood and speed when the two runs' classifiers differ")
     compare.add_argument("--format", choices=["text", "junit", "markdown", "json"], default="text",
                          help="text (default), junit (JUnit XML: one test case per model and metric), "
                               "markdown (a GitHub job summary) or json")
     compare.add_argument("--output", metavar="FILE",
                          help="write the formatted result to FILE (the text table still goes to stdout)")
+
+    classifier = sub.add_parser("classifier", help="train a dataset's evaluation classifier into a file "
+                                                   "(deterministic; share it with --classifier)")
+    classifier.add_argument("--dataset", default="mnist5k", help="a labelled dataset (default: mnist5k)")
+    classifier.add_argument("--out", required=True, help="the file to write, e.g. classifiers/mnist.pt")
+    classifier.add_argument("--data-root", help="where downloaded datasets live")
+    classifier.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     baseline = sub.add_parser("baseline", help="write a baseline file from a run")
     baseline.add_argument("run_dir")
@@ -150,7 +166,7 @@ def _interrupted():
     return RunInterrupted
 
 
-_STRING_OPTIONS = ("dataset", "budget", "device", "out", "data_root")
+_STRING_OPTIONS = ("dataset", "budget", "device", "out", "data_root", "classifier")
 
 
 def _apply_config_file(parser: argparse.ArgumentParser, argv, args) -> argparse.Namespace:
@@ -201,7 +217,8 @@ def cmd_run(args) -> int:
                               eval_size=args.eval_size, scaling=not args.no_scaling,
                               early_stopping=args.early_stopping, model_args=model_args,
                               executor=args.executor, workers=args.workers, ray_address=args.ray_address,
-                              fresh=args.fresh, checkpoint_every=args.checkpoint_every or DEFAULT_CHECKPOINT_EVERY)
+                              fresh=args.fresh, checkpoint_every=args.checkpoint_every or DEFAULT_CHECKPOINT_EVERY,
+                              classifier_file=args.classifier)
     return _finished(out, outcomes)
 
 
@@ -238,7 +255,7 @@ def cmd_evaluate(args) -> int:
                                  throughput_cap_s=args.throughput_cap, models_=args.models,
                                  sampler_args=args.sampler_args,
                                  executor=args.executor, workers=args.workers, ray_address=args.ray_address,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, classifier_file=args.classifier)
     return _finished(out, outcomes)
 
 
@@ -282,11 +299,48 @@ def cmd_report(args) -> int:
 
     from bench import report
 
+    from bench import folder_lock, results
+
     run_dir = Path(args.run_dir)
     if not (run_dir / "metrics.csv").exists():
         raise UserError(f"{run_dir} holds no metrics.csv: give the folder of a `bench run`")
-    report.render(run_dir)
+    with folder_lock.locked(run_dir, "report"):
+        for outcome in results.load_outcomes(run_dir):
+            if outcome["status"] == "corrupt":
+                print(f"warning: {outcome['reason']}; the report marks it", file=sys.stderr)
+        report.render(run_dir)
     print(f"report: {run_dir}/report.md, {run_dir}/report.html")
+    return 0
+
+
+def cmd_classifier(args) -> int:
+    """Train a dataset's evaluation classifier (deterministically) into ``--out``; for a dataset that ships
+    one, say whether the retrained weights are the shipped ones."""
+    from pathlib import Path
+
+    from bench import classifier
+    from bench.data import load_dataset
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give a file path, e.g. {out / (args.dataset + '.pt')}")
+    data = load_dataset(args.dataset, args.data_root)
+    if not classifier.has_labels(data):
+        raise UserError(f"dataset {data.name!r} has no class labels, so it can have no evaluation classifier")
+    payload, seconds = classifier.train_payload(data, progress=not args.no_progress)
+    classifier.save_payload(payload, out)
+    print(f"classifier: {out} (dataset {data.name}, {classifier.DEFAULT_SPEC.steps_for(len(data.train_images))} "
+          f"steps on the CPU, one thread, {seconds}s)")
+    print(f"  weights digest {payload['weights_digest']}; file SHA-256 {classifier.file_sha256(out)}")
+    print(f"  test accuracy {payload['test_accuracy']:.4f} (binarized {payload['test_accuracy_binarized']:.4f})")
+    if data.name in classifier.PINNED:
+        pinned = classifier.PINNED[data.name]
+        try:
+            shipped = classifier.load_pinned(data.name)
+            same = "identical to" if shipped.weights_digest == payload["weights_digest"] else "different from"
+            print(f"  weights {same} the shipped {pinned.file} (digest {shipped.weights_digest})")
+        except UserError as exc:
+            print(f"  the shipped classifier could not be read: {exc}")
     return 0
 
 
@@ -298,7 +352,8 @@ def cmd_compare(args) -> int:
     if args.output and Path(args.output).is_dir():
         raise UserError(f"--output {args.output} is a folder: give a file path, e.g. {Path(args.output) / 'compare.xml'}")
     baseline = compare.read_baseline(args.baseline)
-    rows = compare.compare(args.run_dir, baseline, list(args.tolerance or []))
+    rows = compare.compare(args.run_dir, baseline, list(args.tolerance or []),
+                           sample_quality=not args.no_sample_quality)
     summary = compare.summary_line(rows)
     header = (f"compare {args.run_dir} with {args.baseline} (dataset {baseline.get('dataset')}, budget "
               f"{baseline.get('budget')}, seeds {baseline.get('seeds')}, baseline commit {baseline.get('git_commit')})")
@@ -347,16 +402,19 @@ def cmd_scaling(args) -> int:
     out = Path(args.out) if args.out else results.default_out_dir("scaling-")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: give a folder")
-    timings, fits, skipped, meta = scaling.study_into(out, names, resolve_device(args.device), list(args.sizes),
-                                                      batches)
-    print("\n".join(markdown_lines(timings, fits, skipped, meta)))
-    if (out / "metrics.csv").exists():
-        from bench import report
-        report.render(out)
+    from bench import folder_lock
+
+    with folder_lock.locked(out, "scaling"):  # --out may be a run's folder
+        timings, fits, skipped, meta = scaling.study_into(out, names, resolve_device(args.device),
+                                                          list(args.sizes), batches)
+        print("\n".join(markdown_lines(timings, fits, skipped, meta)))
+        if (out / "metrics.csv").exists():
+            from bench import report
+            report.render(out)
     print(f"scaling: {out}/ (scaling.csv, scaling_fit.csv, scaling.md, scaling.png, scaling_roofline.png)")
     print(f"wall time: {meta['wall_seconds']}s")
     return 0
 
 
 COMMANDS = {"run": cmd_run, "evaluate": cmd_evaluate, "list": cmd_list, "report": cmd_report, "compare": cmd_compare,
-            "baseline": cmd_baseline, "scaling": cmd_scaling}
+            "baseline": cmd_baseline, "scaling": cmd_scaling, "classifier": cmd_classifier}

@@ -36,7 +36,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from bench import measure
-from bench.classifier import TrainedClassifier, has_labels, load_or_train, load_shipped, predict_logits
+from bench.classifier import TrainedClassifier, for_dataset, has_labels, load_shipped, predict_logits
 
 FEATURES = "penultimate"
 LOGITS = "logits"
@@ -277,7 +277,8 @@ BORROWED_DATA_NOTE = ("data row: binarized-mnist's validation digits come from M
 
 
 def prepare_run(config: dict, data, device, out, progress: bool = True, check=None) -> list[dict]:
-    """Parent process, before the jobs: train or load the classifier, record it in ``config``, and score
+    """Parent process, before the jobs: load (or train) the classifier, ``config["classifier_file"]`` if the
+    user pinned one, record it in ``config``, and score
     real training images (the ``data`` rows, one per track of the run's models). ``check(config)``, called
     once the classifier is known and before anything is written, may refuse the run by raising."""
     from bench.jobs import Job, JobOutcome
@@ -287,7 +288,7 @@ def prepare_run(config: dict, data, device, out, progress: bool = True, check=No
         config["fidelity_skipped"] = NO_LABELS_NOTE.format(data.name)
         return []
     device, out = torch.device(device), Path(out)
-    classifier = load_or_train(labelled, device, progress=progress)
+    classifier = for_dataset(labelled, device, config.get("classifier_file"), progress=progress)
     if labelled is not data:
         config["fidelity_classifier_borrowed"] = BORROWED_NOTE
     n_wanted = config.get("fidelity_samples") or len(data.test_images)
@@ -370,10 +371,11 @@ def model_rows(model, data, device, job, outcome) -> list[dict]:
 
 
 def job_classifier(labelled, device, job) -> TrainedClassifier:
-    """The classifier the driver shipped with the job (digest checked), else this machine's cached one."""
+    """The classifier the driver shipped with the job (digest checked), else the dataset's own (shipped,
+    or this machine's cached one)."""
     if getattr(job, "classifier_file", None):
         return load_shipped(job.classifier_file, job.classifier_digest, device)
-    return load_or_train(labelled, device, progress=job.progress)
+    return for_dataset(labelled, device, progress=job.progress)
 
 
 # --- uncertainty, memorisation and the FID check (bench.uncertainty, bench.memorisation) ---------------

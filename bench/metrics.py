@@ -45,6 +45,7 @@ class Metric:
     rule: Rule
     meaning: str
     decimals: int | None = None  # None: three significant digits
+    scored_by_classifier: bool = False  # defined by the evaluation classifier's features: compare within one
 
     @property
     def direction(self) -> str | None:
@@ -54,11 +55,19 @@ class Metric:
 REGISTRY: dict[str, Metric] = {}
 
 
-def declare(name: str, unit: str, rule: Rule, meaning: str, decimals: int | None = None) -> Metric:
+def declare(name: str, unit: str, rule: Rule, meaning: str, decimals: int | None = None,
+            scored_by_classifier: bool = False) -> Metric:
     if name in REGISTRY:
         raise ValueError(f"metric {name!r} declared twice")
-    REGISTRY[name] = Metric(name, unit, rule, meaning, decimals)
+    REGISTRY[name] = Metric(name, unit, rule, meaning, decimals, scored_by_classifier)
     return REGISTRY[name]
+
+
+def scored_by_classifier(metric: str) -> bool:
+    """Whether the figure depends on the evaluation classifier (``fid@steps=20`` like ``fid``): two such
+    figures compare only when one classifier scored both."""
+    declared = REGISTRY.get(metric.split("@")[0])
+    return bool(declared and declared.scored_by_classifier)
 
 
 def get(name: str) -> Metric | None:
@@ -95,18 +104,24 @@ declare("test_bpd", "bits/dim", LIKELIHOOD,
         "test_nll / (D ln 2); the 8bit track includes the D ln 256 dequantization term", 3)
 declare("test_nll_iwae", "nats", LIKELIHOOD, "importance-weighted NLL estimate (VAE), K in the note", 2)
 declare("test_bpd_iwae", "bits/dim", LIKELIHOOD, "importance-weighted estimate in bits/dim (VAE)", 3)
-# --- sample quality ---------------------------------------------------------------------------------
-declare("fid", "", SAMPLE_DISTANCE, "Frechet distance of evaluation-classifier features, samples vs the reference set", 2)
-declare("fid_inf", "", SAMPLE_DISTANCE, "FID extrapolated to infinitely many samples (Chong & Forsyth 2020): "
-        "fit FID_N = FID_inf + k/N over subsets", 2)
-declare("copy_rate", "fraction", Rule("lower", abs=0.05),
-        "samples closer to a training image than 99% of held-out real images are (pixels with +-1 shifts, "
-        "or classifier features)", 3)
-declare("kid", "", Rule("lower", rel=0.25, abs=0.01), "kernel inception distance on the same features", 4)
-declare("is", "", Rule("higher", rel=0.10), "inception score from the evaluation classifier's logits", 2)
-declare("precision", "fraction", FRACTION, "improved precision (k-NN manifold) of samples", 3)
-declare("recall", "fraction", FRACTION, "improved recall (k-NN manifold) of samples", 3)
-declare("class_accuracy", "fraction", FRACTION, "conditional models: classifier agrees with the requested label", 3)
+# --- sample quality: every figure here is defined by the evaluation classifier's features or logits ----
+def declare_quality(name: str, unit: str, rule: Rule, meaning: str, decimals: int | None = None) -> Metric:
+    return declare(name, unit, rule, meaning, decimals, scored_by_classifier=True)
+
+
+declare_quality("fid", "", SAMPLE_DISTANCE, "Frechet distance of evaluation-classifier features, samples vs the "
+                "reference set", 2)
+declare_quality("fid_inf", "", SAMPLE_DISTANCE, "FID extrapolated to infinitely many samples (Chong & Forsyth "
+                "2020): fit FID_N = FID_inf + k/N over subsets", 2)
+declare_quality("copy_rate", "fraction", Rule("lower", abs=0.05),
+                "samples closer to a training image than 99% of held-out real images are (pixels with +-1 shifts, "
+                "or classifier features)", 3)
+declare_quality("kid", "", Rule("lower", rel=0.25, abs=0.01), "kernel inception distance on the same features", 4)
+declare_quality("is", "", Rule("higher", rel=0.10), "inception score from the evaluation classifier's logits", 2)
+declare_quality("precision", "fraction", FRACTION, "improved precision (k-NN manifold) of samples", 3)
+declare_quality("recall", "fraction", FRACTION, "improved recall (k-NN manifold) of samples", 3)
+declare_quality("class_accuracy", "fraction", FRACTION, "conditional models: classifier agrees with the requested "
+                "label", 3)
 # --- cost -------------------------------------------------------------------------------------------
 declare("sample_throughput", "samples/s", SPEED, "sampling speed at the batch size in the `batch` column")
 declare("sampling_nfe", "evaluations", INFO, "sequential network evaluations one sample costs", 0)

@@ -99,7 +99,7 @@ def load_outcomes(run_dir: Path) -> list[dict]:
     """Every job outcome in the run folder, in the run's order: the ``data`` rows, then the models as
     config.json lists them (the order the user asked for, families together), then seeds."""
     run_dir = Path(run_dir)
-    outcomes = [json.loads(p.read_text()) for p in sorted((run_dir / "jobs").glob("*.json"))]
+    outcomes = [read_outcome(p) for p in sorted((run_dir / "jobs").glob("*.json"))]
     config = run_dir / "config.json"
     order = json.loads(config.read_text()).get("models", []) if config.exists() else []
 
@@ -109,6 +109,30 @@ def load_outcomes(run_dir: Path) -> list[dict]:
         return rank, o["job"]["seed"]
 
     return sorted(outcomes, key=position)
+
+
+def read_outcome(path: Path) -> dict:
+    """A job's outcome file; a corrupt one (half-written by hand, truncated by a full disk) becomes an outcome
+    of status ``corrupt`` that names the file, so the tables and the report show the rest and mark that job.
+    The next ``bench run`` on the folder runs the job again (``bench.resume``)."""
+    try:
+        outcome = json.loads(Path(path).read_text())
+        if not isinstance(outcome, dict) or not {"job", "status", "rows", "info"} <= set(outcome):
+            raise ValueError("not a job outcome")
+        return outcome
+    except (ValueError, OSError) as exc:
+        reason = (f"{Path(path).parent.name}/{Path(path).name} is corrupt ({type(exc).__name__}: {exc}); "
+                  f"`bench run` on this folder runs the job again")
+        model, dataset, seed = _key_parts(Path(path).stem)
+        return {"job": {"model": model, "dataset": dataset, "seed": seed, "budget": ""}, "status": "corrupt",
+                "reason": reason, "rows": [], "curve": [], "notes": [], "info": {}, "wall_seconds": 0.0}
+
+
+def _key_parts(stem: str) -> tuple[str, str, int]:
+    """``fvsbn__mnist5k__seed0`` -> (fvsbn, mnist5k, 0); a name of another shape keeps what it can."""
+    parts = stem.split("__")
+    seed = parts[2][4:] if len(parts) > 2 and parts[2].startswith("seed") else ""
+    return parts[0], parts[1] if len(parts) > 1 else "", int(seed) if seed.isdigit() else 0
 
 
 def write_tables(run_dir: Path, outcomes) -> pd.DataFrame:

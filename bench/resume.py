@@ -145,8 +145,17 @@ def _checkpoint_state(job: Job) -> str:
 
 
 def start_fresh(out: Path) -> None:
-    """``--fresh``: remove the run in ``out`` (only a folder that holds a run's config.json)."""
+    """``--fresh``: remove the run in ``out`` (only a folder that holds a run's config.json), all but the
+    lock file the caller holds (``bench.folder_lock``: deleting it would let a second driver lock a new one)."""
+    from bench.folder_lock import LOCK_NAME
+
     out = Path(out)
     if not (out / "config.json").exists():
         return
-    shutil.rmtree(out)
+    for entry in out.iterdir():
+        if entry.name == LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()

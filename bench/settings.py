@@ -88,7 +88,41 @@ def resolve_model_args(model_args: dict[str, dict], run_models: list[str]) -> di
                             f"its settings: {', '.join(sorted(known)) or 'none'}")
         if name not in run_models:
             raise UserError(f"--model-args names {name!r}, which this run does not include; add it to --models")
+        for key, value in overrides.items():
+            check_type(name, key, value, known[key])
     return {name: {**constructor_settings(name), **model_args.get(name, {})} for name in run_models}
+
+
+def _kind(default) -> tuple[tuple[type, ...], str] | None:
+    """The types a setting accepts, judged by its default (None: any), and how the message names them."""
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        return (bool,), "true or false"
+    if isinstance(default, int):
+        return (int,), "a whole number"
+    if isinstance(default, float):
+        return (int, float), "a number"
+    if isinstance(default, str):
+        return (str,), "a word"
+    if isinstance(default, (tuple, list)):
+        return (tuple, list), "a tuple such as (16, 32)"
+    return None
+
+
+def check_type(model: str, key: str, value, default) -> None:
+    """A setting whose value is not of its default's type is the user's to fix, before any work starts
+    (``fvsbn:lr=abc`` would otherwise fail inside the job with a TypeError)."""
+    kind = _kind(default)
+    if kind is None:
+        return
+    types, words = kind
+    wrong = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+    if isinstance(value, float) and int in types and float not in types and value.is_integer():
+        wrong = True  # hidden=64.0 for a layer width: say so rather than truncate
+    if wrong:
+        raise UserError(f"--model-args {model}:{key}={value!r}: {key} takes {words} (its default is {default!r}); "
+                        f"e.g. {model}:{key}={default!r}")
 
 
 def read_config(path: str | Path, allowed: set[str]) -> dict:

@@ -6,7 +6,7 @@ from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 
-from bench import executors, results, resume
+from bench import executors, folder_lock, results, resume
 from bench.budgets import DEFAULT_CHECKPOINT_EVERY, default_eval_size, parse_budget, scaling_batches, throughput_cap
 from bench.data import dataset_summaries, load_dataset
 from bench.errors import UserError
@@ -48,8 +48,10 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
               early_stopping: bool = False, model_args: dict[str, dict] | None = None,
               executor: str = "local", workers: int = 1, ray_address: str | None = None,
               fresh: bool = False, checkpoint_every: str | None = DEFAULT_CHECKPOINT_EVERY,
+              classifier_file: str | None = None,
               ) -> tuple[Path, list[dict]]:
-    """Run every (model, seed) job not already finished in ``out``, through the chosen executor."""
+    """Run every (model, seed) job not already finished in ``out``, through the chosen executor, holding
+    the folder's lock (``bench.folder_lock``): a second driver on the same folder is refused."""
     from bench.settings import resolve_model_args
 
     parse_budget(budget)  # a malformed budget fails before any work starts
@@ -66,10 +68,17 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
     out = Path(out) if out else results.default_out_dir()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder: give a folder for the run's results")
-    if fresh:
-        resume.start_fresh(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock.locked(out, "run"):
+        if fresh:
+            resume.start_fresh(out)
+        return _run_locked(out, models_, dataset, data, budget, seeds, torch_device, data_root, progress, isolate,
+                           throughput_cap_s, fidelity_samples, eval_size, scaling, early_stopping, model_args,
+                           model_settings, executor, workers, ray_address, checkpoint_every, classifier_file)
 
+
+def _run_locked(out, models_, dataset, data, budget, seeds, torch_device, data_root, progress, isolate,
+                throughput_cap_s, fidelity_samples, eval_size, scaling, early_stopping, model_args, model_settings,
+                executor, workers, ray_address, checkpoint_every, classifier_file) -> tuple[Path, list[dict]]:
     config = {
         "models": models_, "dataset": dataset, "dataset_description": data.description,
         "train_size": len(data.train_images), "test_size": len(data.test_images),
@@ -83,8 +92,11 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
         "git_commit": results.git_commit(), "hardware": results.hardware(torch_device),
         "datasets_known": dataset_summaries(),
         "model_args": model_args, "model_settings": model_settings,
+        "classifier_file": str(classifier_file) if classifier_file else None,
     }
     previous = results.read_json(out / "config.json") if (out / "config.json").exists() else None
+    if previous and not classifier_file and previous.get("classifier_file"):
+        config["classifier_file"] = previous["classifier_file"]  # the folder's pinned classifier stays
     if previous:
         for model, settings in previous.get("sampler_args", {}).items():  # set by `bench evaluate`: kept
             if model in config["model_settings"]:
@@ -144,7 +156,7 @@ ARCHIVED = ("config.json", "metrics.csv", "summary.csv", "jobs.csv", "curves.csv
 def evaluate_run(run_dir, fidelity_samples: int | None = None, eval_size: int | None = None,
                  throughput_cap_s: float | None = None, models_: list[str] | None = None, executor: str = "local",
                  workers: int = 1, ray_address: str | None = None, progress: bool = True,
-                 sampler_args: list[str] | None = None) -> tuple[Path, list[dict]]:
+                 sampler_args: list[str] | None = None, classifier_file: str | None = None) -> tuple[Path, list[dict]]:
     """``bench evaluate``: measure every finished job again from its checkpoint, with no training.
 
     The rule: the run's tables are replaced, so that they always describe one evaluation of every model;
@@ -153,6 +165,13 @@ def evaluate_run(run_dir, fidelity_samples: int | None = None, eval_size: int | 
     out = Path(run_dir)
     if not (out / "config.json").is_file():
         raise UserError(f"{out} holds no config.json: give the folder of a `bench run`")
+    with folder_lock.locked(out, "evaluate"):
+        return _evaluate_locked(out, fidelity_samples, eval_size, throughput_cap_s, models_, executor, workers,
+                                ray_address, progress, sampler_args, classifier_file)
+
+
+def _evaluate_locked(out, fidelity_samples, eval_size, throughput_cap_s, models_, executor, workers, ray_address,
+                     progress, sampler_args, classifier_file) -> tuple[Path, list[dict]]:
     config = results.read_json(out / "config.json")
     finished = [o for o in results.load_outcomes(out) if o["job"]["model"] != "data" and o["status"] == "ok"]
     unknown = sorted(set(models_ or []) - {o["job"]["model"] for o in finished})
@@ -160,6 +179,8 @@ def evaluate_run(run_dir, fidelity_samples: int | None = None, eval_size: int | 
         raise UserError(f"no finished job of {', '.join(unknown)} in {out}; its finished models: "
                         f"{', '.join(sorted({o['job']['model'] for o in finished})) or 'none'}")
     chosen = [o for o in finished if not models_ or o["job"]["model"] in models_]
+    if classifier_file and len(chosen) < len(finished):
+        raise UserError("--classifier rescores every model of the run (one table, one classifier): drop --models")
     if not chosen:
         raise UserError(f"{out} has no finished job to evaluate: `bench run` it first")
     changes = {k: v for k, v in zip(EVALUATION_SETTINGS, (fidelity_samples, eval_size, throughput_cap_s))
@@ -169,6 +190,8 @@ def evaluate_run(run_dir, fidelity_samples: int | None = None, eval_size: int | 
     samplers = parse_sampler_args(sampler_args or [], sorted({o["job"]["model"] for o in finished}))
     archive = _archive(out)
     config.update(changes)
+    if classifier_file:  # rescored by another classifier: the run's classifier from now on
+        config["classifier_file"] = str(classifier_file)
     for model, settings in samplers.items():  # the run's sampler settings from now on, and the report's
         config.setdefault("sampler_args", {}).setdefault(model, {}).update(settings)
         config.setdefault("model_settings", {}).setdefault(model, {}).update(settings)
@@ -182,7 +205,8 @@ def evaluate_run(run_dir, fidelity_samples: int | None = None, eval_size: int | 
     runner = executors.create(executor, workers=workers, device=str(device), address=ray_address)
     config.setdefault("invocations", []).append(
         {"started": datetime.now().isoformat(timespec="seconds"), "command": "evaluate", **runner.describe(),
-         "settings": {**changes, **({"sampler_args": samplers} if samplers else {})},
+         "settings": {**changes, **({"sampler_args": samplers} if samplers else {}),
+                      **({"classifier_file": str(classifier_file)} if classifier_file else {})},
          "previous_tables": str(archive.relative_to(out)), "ran": [j.key for j in jobs]})
     results.write_json(out / "config.json", config)
     started = time.perf_counter()

@@ -376,3 +376,22 @@ def test_output_path_that_is_a_folder_is_refused(tmp_path, baseline_file, capsys
     code, out = run_compare(tmp_path, BASE_VALUES, baseline_file, "--format", "json", "--output", str(tmp_path),
                             capsys=capsys)
     assert code == 2 and "is a folder" in out.err
+
+
+def test_a_tolerance_override_reaches_the_steps_curve_rows_of_its_metric(tmp_path, capsys):
+    """``--tolerance sample_throughput=off`` (CI's speed switch) also covers ``sample_throughput@steps=N``:
+    a slower point of the steps curve is shown, not a regression."""
+    def curve_run(folder, throughput):
+        write_run(folder, {"ddpm": {"fid": 50.0, "sample_throughput@16": throughput}})
+        metrics = pd.read_csv(folder / "metrics.csv")
+        metrics["steps"] = [10 if m == "sample_throughput" else None for m in metrics["metric"]]
+        metrics["steps"] = metrics["steps"].astype("Int64")
+        metrics.to_csv(folder / "metrics.csv", index=False)
+        return folder
+
+    base = compare.write_baseline(curve_run(tmp_path / "base", 100.0), tmp_path / "base.json")
+    assert "sample_throughput@16@steps=10" in json.loads(base.read_text())["values"]["ddpm"]
+    slower = curve_run(tmp_path / "now", 10.0)
+    assert main(["compare", str(slower), "--baseline", str(base)]) == 1
+    assert "sample_throughput@steps=10" in capsys.readouterr().out
+    assert main(["compare", str(slower), "--baseline", str(base), "--tolerance", "sample_throughput=off"]) == 0

@@ -157,9 +157,8 @@ def real_images_of(data, labels):
 
 
 def test_model_rows_for_a_conditional_model(mnist5k, tiny, monkeypatch, tmp_path):
-    """The worker hook: rows with notes, a class_accuracy row, and the small-set note on the job."""
-    monkeypatch.setattr(clf_module, "DEFAULT_SPEC", TINY)
-    monkeypatch.setenv("BENCH_CACHE_DIR", str(tiny.path.parents[1]))  # where the tiny classifier is cached
+    """The worker hook: rows with notes, a class_accuracy row, and the small-set note on the job. The job
+    carries the run's classifier (here the tiny one), as the driver ships it."""
 
     class Oracle(torch.nn.Module):
         conditional, num_classes, track, name = True, 10, "8bit", "oracle"
@@ -171,7 +170,8 @@ def test_model_rows_for_a_conditional_model(mnist5k, tiny, monkeypatch, tmp_path
         def sample(self, n, labels):
             return real_images_of(mnist5k, labels).float() / 255
 
-    job = SimpleNamespace(fidelity_samples=200, seed=0, out=str(tmp_path), progress=False)
+    job = SimpleNamespace(fidelity_samples=200, seed=0, out=str(tmp_path), progress=False,
+                          classifier_file=str(tiny.path), classifier_digest=tiny.weights_digest)
     outcome = SimpleNamespace(notes=[], info={})
     rows = fidelity.model_rows(Oracle(), mnist5k, torch.device("cpu"), job, outcome)
     by_metric = {r["metric"]: r for r in rows}

@@ -7,7 +7,8 @@ from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
-from bench.compare.runs import comparability, job_statuses, load_run, mean_values, metric_units, split_key
+from bench.compare.runs import (CLASSIFIER_KEYS, comparability, job_statuses, load_run, mean_values, metric_units,
+                                split_key)
 from bench.errors import UserError
 from bench.metrics import rule_for
 
@@ -31,6 +32,8 @@ def build_baseline(run_dir: str | Path) -> dict:
         "seeds": config.get("seeds"),
         "device": config.get("device"),
         "fidelity_samples": config.get("fidelity_samples"),
+        # Sample-quality figures compare only when one evaluation classifier scored both runs.
+        "classifier": portable_classifier(config),
         "versions": config.get("versions", {}),
         "hardware": config.get("hardware", {}),
         "comparable_on": comparability(config),
@@ -41,6 +44,18 @@ def build_baseline(run_dir: str | Path) -> dict:
         "values": {model: {k: (v if math.isfinite(v) else None) for k, v in per_model.items()}
                    for model, per_model in values.items()},
     }
+
+
+def portable_classifier(config: dict) -> dict:
+    """The run's classifier keys, a shipped classifier's path relative to the repository (it is the same
+    file in every clone)."""
+    from bench.classifier import ASSETS
+
+    recorded = {k: config.get(k) for k in CLASSIFIER_KEYS}
+    path = recorded.get("classifier_path")
+    if path and Path(path).resolve().parent == ASSETS:
+        recorded["classifier_path"] = str(Path(path).resolve().relative_to(ASSETS.parents[1]))
+    return recorded
 
 
 def write_baseline(run_dir: str | Path, out: str | Path) -> Path:

@@ -5,10 +5,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.compare.rules import resolve_rules
+from bench.compare.rules import resolve_rules, rule_of
 from bench.compare.runs import comparability, job_statuses, load_run, mean_values, split_key
 from bench.errors import UserError
-from bench.metrics import Rule, rule_for
+from bench.metrics import Rule, rule_for, scored_by_classifier
 
 
 @dataclass
@@ -65,14 +65,21 @@ def _status_rows(model: str, base_jobs: dict, now_jobs: dict) -> list[Row]:
     return [Row(model, "job status", None, b, n, detail, "-", verdict)]
 
 
-def compare(run_dir: str | Path, baseline: dict, overrides: list[str] | None = None) -> list[Row]:
+def compare(run_dir: str | Path, baseline: dict, overrides: list[str] | None = None,
+            sample_quality: bool = True) -> list[Row]:
     """Every (model, metric[, batch]) of the baseline and the run, judged. Refuses (UserError) a baseline
-    that was not made under the same dataset, budget, seeds, device and evaluation sample count."""
+    that was not made under the same dataset, budget, seeds, device and evaluation sample count, and, unless
+    ``sample_quality`` is off (likelihood and speed rows only), one scored by another evaluation classifier."""
     config, metrics, jobs = load_run(run_dir)
     check_comparable(baseline, config)
+    if sample_quality:
+        check_same_classifier(baseline, config, run_dir)
+    else:
+        metrics = metrics[[not scored_by_classifier(m) for m in metrics["metric"]]]
     current = mean_values(metrics)
     rules = resolve_rules(baseline, overrides or [])
-    base_values = {m: {k: (float("nan") if v is None else float(v)) for k, v in per.items()}
+    base_values = {m: {k: (float("nan") if v is None else float(v)) for k, v in per.items()
+                       if sample_quality or not scored_by_classifier(split_key(k)[0])}
                    for m, per in baseline["values"].items()}
     base_jobs, now_jobs = baseline.get("jobs") or {}, job_statuses(jobs)
 
@@ -92,7 +99,7 @@ def compare(run_dir: str | Path, baseline: dict, overrides: list[str] | None = N
         base, now = base_values.get(model, {}), current.get(model, {})
         for key in dict.fromkeys([*base, *now]):
             metric, batch = split_key(key)
-            rule = rules.get(metric, rule_for(metric))
+            rule = rule_of(rules, metric)
             if key not in now:
                 rows.append(Row(model, metric, batch, base[key], None, "-", rule.describe(), "removed"))
             elif key not in base:
@@ -113,6 +120,22 @@ def check_comparable(baseline: dict, config: dict) -> None:
             raise UserError(f"the baseline was made with {key} {want[key]}, this run used {have[key]}: "
                             f"their numbers are not comparable; rerun with the baseline's {fix}, "
                             f"or write a new baseline with `bench baseline`")
+
+
+def check_same_classifier(baseline: dict, config: dict, run_dir) -> None:
+    """Sample-quality figures scored by two classifiers measure two things: refuse, naming both digests and
+    how to rescore the run with the baseline's classifier."""
+    recorded = baseline.get("classifier") or {}
+    base, now = recorded.get("classifier_weights_digest"), config.get("classifier_weights_digest")
+    if not base or not now or base == now:
+        return
+    where = recorded.get("classifier_path") or "the baseline run's classifier file"
+    raise UserError(f"the baseline's sample quality was scored by evaluation classifier {base} "
+                    f"({recorded.get('classifier_source') or 'source not recorded'}), this run's by {now} "
+                    f"({config.get('classifier_source') or 'source not recorded'}): FID, KID, IS, precision and "
+                    f"recall from two classifiers do not compare. Rescore the run with the baseline's classifier, "
+                    f"`python -m bench evaluate {run_dir} --classifier {where}`, or compare likelihood and speed "
+                    f"only with --no-sample-quality")
 
 
 def context_notes(baseline: dict, config: dict) -> list[str]:

@@ -47,4 +47,12 @@ def resolve_rules(baseline: dict, overrides: list[str]) -> dict[str, Rule]:
         if change.get("gated") and rule.direction is None:
             raise UserError(f"--tolerance {text!r}: {metric} has no better direction and is never gated")
         rules[metric] = replace(rule, **change)
+        for qualified in [k for k in rules if k.split("@")[0] == metric and k != metric]:
+            rules[qualified] = replace(rules[qualified], **change)  # sample_throughput=off: the steps curve's too
     return rules
+
+
+def rule_of(rules: dict[str, Rule], metric: str) -> Rule:
+    """The rule that judges ``metric``: its own, else its base metric's (``fid@steps=20`` like ``fid``),
+    else the registry's."""
+    return rules.get(metric) or rules.get(metric.split("@")[0]) or rule_for(metric)

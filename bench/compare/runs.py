@@ -57,6 +57,9 @@ def job_statuses(jobs: pd.DataFrame) -> dict[str, dict]:
     return out
 
 
+CLASSIFIER_KEYS = ("classifier_weights_digest", "classifier_key", "classifier_source", "classifier_path")
+
+
 def comparability(config: dict) -> dict:
     """What must match for two runs' numbers to be compared."""
     budget = config.get("budget_resolved") or {}

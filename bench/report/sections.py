@@ -54,10 +54,23 @@ def fidelity_notes(run: Run) -> list[str]:
     lines = ["Sample quality (FID, KID, IS, precision, recall) uses the suite's own evaluation classifier's "
              "features, not Inception; compare a model's figures with the data row of its own track, and "
              "FIDs only at the same sample count" + (f" ({fidelity_count(run.config)})." if fidelity_count(run.config)
-                                                     else ".")]
+                                                     else ".") + " " + classifier_line(run)]
     labels = [f"{m} ({t})" if m == DATA_MODEL else m for m, t in zip(rows["model"], rows["track"])]
     by_note = rows.assign(label=labels).groupby("note", sort=False)["label"].agg(lambda v: ", ".join(dict.fromkeys(v)))
     return lines + [f"FID of {who}: {note}" for note, who in by_note.items()]
+
+
+def classifier_line(run: Run) -> str:
+    """Which evaluation classifier scored the run: its figures compare only with figures from the same one."""
+    c = run.config
+    digest = c.get("classifier_weights_digest")
+    if not digest:
+        return "Sample quality scored by an evaluation classifier whose digest this run did not record."
+    accuracy = c.get("classifier_accuracy")
+    return (f"Sample quality scored by evaluation classifier `{digest}` ({c.get('classifier_key', '?')}; "
+            f"{c.get('classifier_source', 'source not recorded')}"
+            + (f"; test accuracy {100 * accuracy:.1f}%" if isinstance(accuracy, (int, float)) else "")
+            + "): compare these figures only with figures scored by the same classifier.")
 
 
 def fidelity_count(config: dict) -> str:
@@ -282,7 +295,8 @@ def uncertainty_blocks(run: Run) -> list[Block]:
     frame = interval_table(run.metrics)
     if frame.empty:
         return []
-    return [h2("Sample quality with uncertainty, and memorisation"), table(frame), bullets(UNCERTAINTY_NOTES)]
+    return [h2("Sample quality with uncertainty, and memorisation"), para(classifier_line(run)), table(frame),
+            bullets(UNCERTAINTY_NOTES)]
 
 
 def checks_blocks(run: Run) -> list[Block]:
@@ -334,7 +348,8 @@ def steps_curve_blocks(run: Run) -> list[Block]:
                    "its other settings unchanged: FID on the run's sample count (scored like the summary's FID), "
                    "samples/s at one batch size (the median over the full batches of that draw) and NFE. The "
                    "row marked `headline` is the model's own setting, the summary's figures. A DDPM's steps are "
-                   "respaced steps of its T-step chain; an EBM's are Langevin steps from noise.")]
+                   "respaced steps of its T-step chain; an EBM's are Langevin steps from noise. "
+                   + classifier_line(run))]
     if not points.empty:
         shown = pd.DataFrame({
             "model": points["model"], "steps": points["steps"].astype(str),
