@@ -29,8 +29,8 @@ def run(models: str | list[str] = "all", dataset: str = "mnist5k", budget: str =
 
     ``models`` is ``"all"`` or a list of registered names; ``options`` are ``bench.suite.run_suite``'s
     keywords (``fidelity_samples``, ``eval_size``, ``throughput_cap_s``, ``isolate``, ``executor``, ``workers``,
-    ``ray_address``, ``fresh``, ``checkpoint_every``). Like the command line, an ``out`` that already holds
-    a run resumes it."""
+    ``ray_address``, ``fresh``, ``checkpoint_every``, ``classifier_file``). Like the command line, an ``out``
+    that already holds a run resumes it, and one that another driver holds is refused."""
     from bench.suite import resolve_models, run_suite
 
     names = resolve_models(None if models == "all" else list(models), models == "all")

@@ -68,13 +68,15 @@ TRAIN_IN_A_FRESH_PROCESS = textwrap.dedent("""
 
 
 def test_training_twice_in_fresh_processes_and_caches_gives_identical_weights(tmp_path):
+    procs = [subprocess.Popen([PYTHON, "-c", TRAIN_IN_A_FRESH_PROCESS, str(threads), str(seed)], cwd=REPO,
+                              env=bench_env(BENCH_CACHE_DIR=str(tmp_path / f"cache{i}")), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for i, (threads, seed) in enumerate([(1, 0), (2, 123)])]
     digests = []
-    for i, (threads, seed) in enumerate([(1, 0), (2, 123)]):
-        env = bench_env(BENCH_CACHE_DIR=str(tmp_path / f"cache{i}"))
-        proc = subprocess.run([PYTHON, "-c", TRAIN_IN_A_FRESH_PROCESS, str(threads), str(seed)], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        digest, source, threads_after = proc.stdout.split()
+    for proc, threads in zip(procs, (1, 2)):
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        digest, source, threads_after = out.split()
         assert source == "trained" and int(threads_after) == threads  # the caller's threads restored
         digests.append(digest)
     assert digests[0] == digests[1]
@@ -115,7 +117,7 @@ def test_two_fresh_cache_smoke_runs_give_identical_sample_quality(tmp_path):
         env = bench_env(BENCH_CACHE_DIR=str(tmp_path / f"cache-{name}"))
         procs.append(subprocess.Popen(
             [PYTHON, "-m", "bench", "run", "--models", "fvsbn", "--budget", "smoke", "--out", str(tmp_path / name),
-             "--no-progress", "--no-scaling", "--throughput-cap", "1"],
+             "--no-progress", "--no-scaling", "--throughput-cap", "1", "--eval-size", "100"],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     for proc in procs:
         out, _ = proc.communicate(timeout=600)
