@@ -220,8 +220,11 @@ class TrainedClassifier:
     test_accuracy_binarized: float
     train_seconds: float | None  # None: loaded from a file, not trained by this process
     path: Path
-    trained_now: bool  # False: loaded from a file
-    source: str = "cache"  # shipped | file (--classifier) | cache | trained
+    source: str  # shipped | file (--classifier, or shipped by the driver) | cache | trained
+
+    @property
+    def trained_now(self) -> bool:
+        return self.source == "trained"
 
     @property
     def key(self) -> str:
@@ -356,8 +359,8 @@ def load_or_train(data, device: torch.device | str = "cpu", spec: TrainingSpec |
 
 def train_payload(data, spec: TrainingSpec | None = None, progress: bool = False) -> tuple[dict, float]:
     """Train the dataset's classifier; returns what its file holds (architecture, weights and their digest,
-    the definition hash, the spec and the test accuracies: no timing, so that a retraining that gives the
-    same weights writes the same bytes) and the seconds it took."""
+    the definition hash, the spec and the test accuracies: what defines the classifier, no timing) and the
+    seconds it took."""
     spec = spec or DEFAULT_SPEC
     arch = {"image_shape": tuple(data.image_shape), "num_classes": data.num_classes}
     start = time.perf_counter()
@@ -407,4 +410,4 @@ def _from_payload(payload: dict, path: Path, source: str, device, seconds: float
     model.requires_grad_(False)
     return TrainedClassifier(model.to(torch.device(device)).eval(), payload["dataset"], payload["definition_hash"],
                              payload["weights_digest"], payload["test_accuracy"], payload["test_accuracy_binarized"],
-                             seconds, Path(path), source == "trained", source)
+                             seconds, Path(path), source)

@@ -297,9 +297,7 @@ def cmd_list(_args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from bench import report
-
-    from bench import folder_lock, results
+    from bench import folder_lock, report, results
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "metrics.csv").exists():

@@ -62,12 +62,8 @@ def _write_holder(fd: int, command: str) -> dict:
 @contextmanager
 def locked(folder: str | Path, command: str):
     """Hold ``folder``'s lock for the duration (creating the folder); ``FolderLocked`` (exit 2) if another
-    live driver holds it. Re-entrant within one process: a nested call for the same folder passes through."""
+    live driver holds it."""
     folder = Path(folder)
-    key = str(folder.resolve())
-    if key in _HELD:
-        yield _HELD[key]
-        return
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -81,14 +77,9 @@ def locked(folder: str | Path, command: str):
         if stale:
             print(f"note: {folder} was locked by {holder_text(stale)}, which ended without releasing it "
                   f"(killed?); taking the lock over", file=sys.stderr, flush=True)
-        _HELD[key] = _write_holder(fd, command)
         try:
-            yield _HELD[key]
+            yield _write_holder(fd, command)
         finally:
-            del _HELD[key]
             os.ftruncate(fd, 0)  # released: an empty file names no holder
     finally:
         os.close(fd)  # closing drops the flock
-
-
-_HELD: dict[str, dict] = {}  # folders this process holds: a nested call (run -> report) must not lock itself out

@@ -68,71 +68,64 @@ def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], d
     out = Path(out) if out else results.default_out_dir()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder: give a folder for the run's results")
-    with folder_lock.locked(out, "run"):
+    with folder_lock.locked(out, "run"):  # a second driver on this folder is refused
         if fresh:
             resume.start_fresh(out)
-        return _run_locked(out, models_, dataset, data, budget, seeds, torch_device, data_root, progress, isolate,
-                           throughput_cap_s, fidelity_samples, eval_size, scaling, early_stopping, model_args,
-                           model_settings, executor, workers, ray_address, checkpoint_every, classifier_file)
-
-
-def _run_locked(out, models_, dataset, data, budget, seeds, torch_device, data_root, progress, isolate,
-                throughput_cap_s, fidelity_samples, eval_size, scaling, early_stopping, model_args, model_settings,
-                executor, workers, ray_address, checkpoint_every, classifier_file) -> tuple[Path, list[dict]]:
-    config = {
-        "models": models_, "dataset": dataset, "dataset_description": data.description,
-        "train_size": len(data.train_images), "test_size": len(data.test_images),
-        "valid_size": data.sizes["valid"],
-        "image_shape": list(data.image_shape), "budget": budget, "budget_resolved": asdict(parse_budget(budget)),
-        "early_stopping": early_stopping, "seeds": seeds, "device": str(torch_device),
-        "data_root": str(data_root) if data_root else None,
-        "throughput_cap_s": throughput_cap_s, "fidelity_samples": fidelity_samples or len(data.test_images),
-        "eval_size": min(eval_size or len(data.test_images), len(data.test_images)),
-        "started": datetime.now().isoformat(timespec="seconds"), "versions": results.package_versions(),
-        "git_commit": results.git_commit(), "hardware": results.hardware(torch_device),
-        "datasets_known": dataset_summaries(),
-        "model_args": model_args, "model_settings": model_settings,
-        "classifier_file": str(classifier_file) if classifier_file else None,
-    }
-    previous = results.read_json(out / "config.json") if (out / "config.json").exists() else None
-    if previous and not classifier_file and previous.get("classifier_file"):
-        config["classifier_file"] = previous["classifier_file"]  # the folder's pinned classifier stays
-    if previous:
-        for model, settings in previous.get("sampler_args", {}).items():  # set by `bench evaluate`: kept
-            if model in config["model_settings"]:
-                config["model_settings"][model].update(settings)
-        resume.refuse_changed(out, previous, config)
-        config.update(models=resume.merged_list(previous.get("models"), models_),
-                      seeds=resume.merged_list(previous.get("seeds"), seeds), started=previous.get("started"),
-                      model_settings={**previous.get("model_settings", {}), **model_settings},
-                      model_args={**previous.get("model_args", {}), **model_args},
-                      invocations=previous.get("invocations", []), sampler_args=previous.get("sampler_args", {}))
-    _prepare_shared(config, data, torch_device, out, progress, check=resume.classifier_check(out, previous))
-    jobs = [Job(model_name, dataset, seed, budget, str(torch_device), str(out), data_root, progress,
-                throughput_cap_s, fidelity_samples, eval_size, early_stopping=early_stopping,
-                model_args=model_args.get(model_name, {}), checkpoint_every=checkpoint_every,
-                sampler_args=config.get("sampler_args", {}).get(model_name, {}),
-                classifier_file=config.get("classifier_path"), classifier_digest=config.get("classifier_weights_digest"))
-            for model_name in models_ for seed in seeds]
-    _warn_if_oversubscribed(budget, workers if executor == "local" and isolate else 1)
-    plan = resume.plan(jobs)
-    if previous:
-        print(f"resuming {out}: {plan.describe()}", flush=True)
-    runner = executors.create(executor if isolate else "in-process", workers=workers, device=str(torch_device),
-                              address=ray_address)
-    config["executor"] = runner.describe()
-    config.setdefault("invocations", []).append(
-        {"started": datetime.now().isoformat(timespec="seconds"), **config["executor"], "kept": plan.kept,
-         "continued": plan.continuing, "redone": plan.redone, "ran": [job.key for job in plan.todo]})
-    results.write_json(out / "config.json", config)
-    _write_tables(out)
-    started = time.perf_counter()
-    _execute(out, config, runner, plan.todo, started, "run the same command again to resume (interrupted "
-                                                       "jobs continue from their checkpoints)")
-    if scaling and not (out / "scaling.csv").exists():  # a resumed run keeps the study it already has
-        _scaling_study(out, models_, torch_device, scaling_batches(budget))
-    _finish(out, config, started)
-    return out, results.load_outcomes(out)
+        config = {
+            "models": models_, "dataset": dataset, "dataset_description": data.description,
+            "train_size": len(data.train_images), "test_size": len(data.test_images),
+            "valid_size": data.sizes["valid"],
+            "image_shape": list(data.image_shape), "budget": budget, "budget_resolved": asdict(parse_budget(budget)),
+            "early_stopping": early_stopping, "seeds": seeds, "device": str(torch_device),
+            "data_root": str(data_root) if data_root else None,
+            "throughput_cap_s": throughput_cap_s, "fidelity_samples": fidelity_samples or len(data.test_images),
+            "eval_size": min(eval_size or len(data.test_images), len(data.test_images)),
+            "started": datetime.now().isoformat(timespec="seconds"), "versions": results.package_versions(),
+            "git_commit": results.git_commit(), "hardware": results.hardware(torch_device),
+            "datasets_known": dataset_summaries(),
+            "model_args": model_args, "model_settings": model_settings,
+            "classifier_file": str(classifier_file) if classifier_file else None,
+        }
+        previous = results.read_json(out / "config.json") if (out / "config.json").exists() else None
+        if previous and not classifier_file and previous.get("classifier_file"):
+            config["classifier_file"] = previous["classifier_file"]  # the folder's pinned classifier stays
+        if previous:
+            for model, settings in previous.get("sampler_args", {}).items():  # set by `bench evaluate`: kept
+                if model in config["model_settings"]:
+                    config["model_settings"][model].update(settings)
+            resume.refuse_changed(out, previous, config)
+            config.update(models=resume.merged_list(previous.get("models"), models_),
+                          seeds=resume.merged_list(previous.get("seeds"), seeds), started=previous.get("started"),
+                          model_settings={**previous.get("model_settings", {}), **model_settings},
+                          model_args={**previous.get("model_args", {}), **model_args},
+                          invocations=previous.get("invocations", []), sampler_args=previous.get("sampler_args", {}))
+        _prepare_shared(config, data, torch_device, out, progress, check=resume.classifier_check(out, previous))
+        jobs = [Job(model_name, dataset, seed, budget, str(torch_device), str(out), data_root, progress,
+                    throughput_cap_s, fidelity_samples, eval_size, early_stopping=early_stopping,
+                    model_args=model_args.get(model_name, {}), checkpoint_every=checkpoint_every,
+                    sampler_args=config.get("sampler_args", {}).get(model_name, {}),
+                    classifier_file=config.get("classifier_path"),
+                    classifier_digest=config.get("classifier_weights_digest"))
+                for model_name in models_ for seed in seeds]
+        _warn_if_oversubscribed(budget, workers if executor == "local" and isolate else 1)
+        plan = resume.plan(jobs)
+        if previous:
+            print(f"resuming {out}: {plan.describe()}", flush=True)
+        runner = executors.create(executor if isolate else "in-process", workers=workers, device=str(torch_device),
+                                  address=ray_address)
+        config["executor"] = runner.describe()
+        config.setdefault("invocations", []).append(
+            {"started": datetime.now().isoformat(timespec="seconds"), **config["executor"], "kept": plan.kept,
+             "continued": plan.continuing, "redone": plan.redone, "ran": [job.key for job in plan.todo]})
+        results.write_json(out / "config.json", config)
+        _write_tables(out)
+        started = time.perf_counter()
+        _execute(out, config, runner, plan.todo, started, "run the same command again to resume (interrupted "
+                                                           "jobs continue from their checkpoints)")
+        if scaling and not (out / "scaling.csv").exists():  # a resumed run keeps the study it already has
+            _scaling_study(out, models_, torch_device, scaling_batches(budget))
+        _finish(out, config, started)
+        return out, results.load_outcomes(out)
 
 
 def _execute(out: Path, config: dict, runner, jobs: list, started: float, how_to_resume: str) -> None:
@@ -166,53 +159,47 @@ def evaluate_run(run_dir, fidelity_samples: int | None = None, eval_size: int | 
     if not (out / "config.json").is_file():
         raise UserError(f"{out} holds no config.json: give the folder of a `bench run`")
     with folder_lock.locked(out, "evaluate"):
-        return _evaluate_locked(out, fidelity_samples, eval_size, throughput_cap_s, models_, executor, workers,
-                                ray_address, progress, sampler_args, classifier_file)
+        config = results.read_json(out / "config.json")
+        finished = [o for o in results.load_outcomes(out) if o["job"]["model"] != "data" and o["status"] == "ok"]
+        unknown = sorted(set(models_ or []) - {o["job"]["model"] for o in finished})
+        if unknown:
+            raise UserError(f"no finished job of {', '.join(unknown)} in {out}; its finished models: "
+                            f"{', '.join(sorted({o['job']['model'] for o in finished})) or 'none'}")
+        chosen = [o for o in finished if not models_ or o["job"]["model"] in models_]
+        if classifier_file and len(chosen) < len(finished):
+            raise UserError("--classifier rescores every model of the run (one table, one classifier): drop --models")
+        if not chosen:
+            raise UserError(f"{out} has no finished job to evaluate: `bench run` it first")
+        changes = {k: v for k, v in zip(EVALUATION_SETTINGS, (fidelity_samples, eval_size, throughput_cap_s))
+                   if v is not None}
+        from bench.settings import parse_sampler_args
 
-
-def _evaluate_locked(out, fidelity_samples, eval_size, throughput_cap_s, models_, executor, workers, ray_address,
-                     progress, sampler_args, classifier_file) -> tuple[Path, list[dict]]:
-    config = results.read_json(out / "config.json")
-    finished = [o for o in results.load_outcomes(out) if o["job"]["model"] != "data" and o["status"] == "ok"]
-    unknown = sorted(set(models_ or []) - {o["job"]["model"] for o in finished})
-    if unknown:
-        raise UserError(f"no finished job of {', '.join(unknown)} in {out}; its finished models: "
-                        f"{', '.join(sorted({o['job']['model'] for o in finished})) or 'none'}")
-    chosen = [o for o in finished if not models_ or o["job"]["model"] in models_]
-    if classifier_file and len(chosen) < len(finished):
-        raise UserError("--classifier rescores every model of the run (one table, one classifier): drop --models")
-    if not chosen:
-        raise UserError(f"{out} has no finished job to evaluate: `bench run` it first")
-    changes = {k: v for k, v in zip(EVALUATION_SETTINGS, (fidelity_samples, eval_size, throughput_cap_s))
-               if v is not None}
-    from bench.settings import parse_sampler_args
-
-    samplers = parse_sampler_args(sampler_args or [], sorted({o["job"]["model"] for o in finished}))
-    archive = _archive(out)
-    config.update(changes)
-    if classifier_file:  # rescored by another classifier: the run's classifier from now on
-        config["classifier_file"] = str(classifier_file)
-    for model, settings in samplers.items():  # the run's sampler settings from now on, and the report's
-        config.setdefault("sampler_args", {}).setdefault(model, {}).update(settings)
-        config.setdefault("model_settings", {}).setdefault(model, {}).update(settings)
-    device = resolve_device(config["device"])
-    data = load_dataset(config["dataset"], config.get("data_root"))
-    _prepare_shared(config, data, device, out, progress)
-    jobs = [replace(Job(**o["job"]), **changes, out=str(out), progress=progress, evaluate_only=True,
-                    sampler_args=config.get("sampler_args", {}).get(o["job"]["model"], {}),
-                    classifier_file=config.get("classifier_path"),
-                    classifier_digest=config.get("classifier_weights_digest")) for o in chosen]
-    runner = executors.create(executor, workers=workers, device=str(device), address=ray_address)
-    config.setdefault("invocations", []).append(
-        {"started": datetime.now().isoformat(timespec="seconds"), "command": "evaluate", **runner.describe(),
-         "settings": {**changes, **({"sampler_args": samplers} if samplers else {}),
-                      **({"classifier_file": str(classifier_file)} if classifier_file else {})},
-         "previous_tables": str(archive.relative_to(out)), "ran": [j.key for j in jobs]})
-    results.write_json(out / "config.json", config)
-    started = time.perf_counter()
-    _execute(out, config, runner, jobs, started, f"run `bench evaluate {out}` again to finish")
-    _finish(out, config, started)
-    return out, results.load_outcomes(out)
+        samplers = parse_sampler_args(sampler_args or [], sorted({o["job"]["model"] for o in finished}))
+        archive = _archive(out)
+        config.update(changes)
+        if classifier_file:  # rescored by another classifier: the run's classifier from now on
+            config["classifier_file"] = str(classifier_file)
+        for model, settings in samplers.items():  # the run's sampler settings from now on, and the report's
+            config.setdefault("sampler_args", {}).setdefault(model, {}).update(settings)
+            config.setdefault("model_settings", {}).setdefault(model, {}).update(settings)
+        device = resolve_device(config["device"])
+        data = load_dataset(config["dataset"], config.get("data_root"))
+        _prepare_shared(config, data, device, out, progress)
+        jobs = [replace(Job(**o["job"]), **changes, out=str(out), progress=progress, evaluate_only=True,
+                        sampler_args=config.get("sampler_args", {}).get(o["job"]["model"], {}),
+                        classifier_file=config.get("classifier_path"),
+                        classifier_digest=config.get("classifier_weights_digest")) for o in chosen]
+        runner = executors.create(executor, workers=workers, device=str(device), address=ray_address)
+        config.setdefault("invocations", []).append(
+            {"started": datetime.now().isoformat(timespec="seconds"), "command": "evaluate", **runner.describe(),
+             "settings": {**changes, **({"sampler_args": samplers} if samplers else {}),
+                          **({"classifier_file": str(classifier_file)} if classifier_file else {})},
+             "previous_tables": str(archive.relative_to(out)), "ran": [j.key for j in jobs]})
+        results.write_json(out / "config.json", config)
+        started = time.perf_counter()
+        _execute(out, config, runner, jobs, started, f"run `bench evaluate {out}` again to finish")
+        _finish(out, config, started)
+        return out, results.load_outcomes(out)
 
 
 def _archive(out: Path) -> Path:

@@ -173,3 +173,46 @@ def test_a_baseline_names_the_shipped_classifier_by_its_path_in_the_repository(t
 def test_the_committed_baseline_was_scored_by_the_shipped_classifier():
     baseline = json.loads((REPO / "results" / "baselines" / "smoke-cpu.json").read_text())
     assert baseline["classifier"]["classifier_weights_digest"] == clf.load_pinned("mnist5k").weights_digest
+
+
+def test_evaluate_rescores_with_a_classifier_file_and_later_runs_keep_it(tmp_path):
+    """`bench evaluate RUN --classifier F` rescores every model with F (the config names F's digest, the FID
+    moves); a later `bench run` on the folder keeps F instead of refusing the folder's classifier."""
+    data = load_dataset("digits")
+    other, _ = clf.train_payload(data, clf.TrainingSpec(epochs=1, min_steps=20, max_steps=20, seed=1))
+    clf.save_payload(other, tmp_path / "other.pt")
+    env = bench_env(BENCH_CACHE_DIR=str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    run = [PYTHON, "-m", "bench", "run", "--models", "fvsbn", "--dataset", "digits", "--budget", "smoke", "--out",
+           str(out), "--no-progress", "--no-scaling", "--throughput-cap", "1"]
+
+    def bench(args):
+        proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        metrics = pd.read_csv(out / "metrics.csv")
+        fid = metrics[(metrics.model == "fvsbn") & (metrics.metric == "fid")]["value"].item()
+        return fid, json.loads((out / "config.json").read_text())
+
+    fid_before, config = bench(run)
+    assert config["classifier_weights_digest"] != other["weights_digest"]
+    fid_after, config = bench([PYTHON, "-m", "bench", "evaluate", str(out), "--classifier", str(tmp_path / "other.pt"),
+                               "--no-progress"])
+    assert config["classifier_weights_digest"] == other["weights_digest"] and fid_after != fid_before
+    assert config["classifier_source"].startswith("--classifier")
+    _, config = bench(run)  # no --classifier: the folder's stays, and the finished job is kept
+    assert config["classifier_weights_digest"] == other["weights_digest"]
+    assert config["invocations"][-1]["kept"] == ["fvsbn__digits__seed0"]
+
+
+def test_evaluate_refuses_a_classifier_for_some_models_only(tmp_path, capsys):
+    """One table, one classifier: rescoring a subset would mix two classifiers' figures."""
+    out = tmp_path / "run"
+    (out / "jobs").mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps({"dataset": "mnist5k", "device": "cpu"}))
+    for model in ("fvsbn", "made"):
+        outcome = {"job": {"model": model, "dataset": "mnist5k", "seed": 0, "budget": "smoke"}, "status": "ok",
+                   "reason": "", "rows": [], "curve": [], "notes": [], "info": {}, "wall_seconds": 1.0}
+        (out / "jobs" / f"{model}__mnist5k__seed0.json").write_text(json.dumps(outcome))
+    assert main(["evaluate", str(out), "--models", "fvsbn", "--classifier", str(tmp_path / "other.pt")]) == 2
+    assert "drop --models" in capsys.readouterr().err
+    assert not (out / "history").exists()  # refused before anything was archived

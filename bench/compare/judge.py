@@ -8,7 +8,7 @@ from pathlib import Path
 from bench.compare.rules import resolve_rules, rule_of
 from bench.compare.runs import comparability, job_statuses, load_run, mean_values, split_key
 from bench.errors import UserError
-from bench.metrics import Rule, rule_for, scored_by_classifier
+from bench.metrics import Rule, scored_by_classifier
 
 
 @dataclass

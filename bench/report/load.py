@@ -44,8 +44,8 @@ def mark_corrupt(jobs: pd.DataFrame, corrupt: list[dict]) -> pd.DataFrame:
     jobs = jobs.copy()
     for o in corrupt:
         model, seed = o["job"]["model"], o["job"]["seed"]
-        match = (jobs["model"].astype(str) == model) & (jobs["seed"].astype(str) == str(seed)) if len(jobs) else []
-        if len(jobs) and match.any():
+        match = (jobs["model"].astype(str) == model) & (jobs["seed"].astype(str) == str(seed))
+        if match.any():
             jobs.loc[match, ["status", "reason"]] = ["corrupt", o["reason"]]
         else:
             row = {c: "" for c in jobs.columns}
