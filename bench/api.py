@@ -7,7 +7,7 @@
 
 ``run`` does what ``python -m bench run`` does (each job in its own worker process, tables and report
 written to the run folder) and returns the tidy ``metrics.csv`` table as a DataFrame; a user mistake
-raises ``bench.errors.UserError`` with the fix in its message, as the CLI would print it.
+raises ``bench.config.errors.UserError`` with the fix in its message, as the CLI would print it.
 """
 from __future__ import annotations
 
@@ -15,30 +15,38 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import results
+from bench.config.run_config import RunConfig
+from bench.results import tables as results
 
 
 RunTables = results.RunFiles  # folder, config, metrics, summary, jobs, curves
 
 
-def run(models: str | list[str] = "all", dataset: str = "mnist5k", budget: str = "default",
-        seeds: list[int] | tuple[int, ...] = (0,), device: str = "auto", out: str | Path | None = None,
-        data_root: str | None = None, progress: bool = False, scaling: bool = False,
-        **options) -> pd.DataFrame:
+def run(models: str | list[str] | RunConfig = "all", progress: bool = False, scaling: bool = False,
+        **settings) -> pd.DataFrame:
     """Run a suite and return its tidy metrics table; ``df.attrs["run_dir"]`` is the run folder.
 
-    ``models`` is ``"all"`` or a list of registered names; ``options`` are ``bench.suite.run_suite``'s
-    keywords (``fidelity_samples``, ``eval_size``, ``throughput_cap_s``, ``isolate``, ``executor``, ``workers``,
-    ``ray_address``, ``fresh``, ``checkpoint_every``, ``classifier_file``). Like the command line, an ``out``
-    that already holds a run resumes it, and one that another driver holds is refused."""
-    from bench.suite import resolve_models, run_suite
+    ``models`` is ``"all"``, a list of registered names, or a whole ``RunConfig``; ``settings`` are
+    ``RunConfig``'s fields (``dataset``, ``budget``, ``seeds``, ``device``, ``out``, ``fidelity_samples``,
+    ``eval_size``, ``throughput_cap_s``, ``isolate``, ``executor``, ``workers``, ``fresh``, ...). Unlike the
+    command line, progress bars and the scaling study are off unless asked for. Like the command line, an
+    ``out`` that already holds a run resumes it, and one that another driver holds is refused."""
+    from bench.suite import run_suite
 
-    names = resolve_models(None if models == "all" else list(models), models == "all")
-    folder, _ = run_suite(names, dataset, budget, list(seeds), device, out, data_root, progress=progress,
-                          scaling=scaling, **options)
+    folder, _ = run_suite(config(models, progress=progress, scaling=scaling, **settings))
     metrics = load(folder).metrics
     metrics.attrs["run_dir"] = str(folder)
     return metrics
+
+
+def config(models: str | list[str] | RunConfig = "all", **settings) -> RunConfig:
+    """The ``RunConfig`` that ``run`` would run: ``"all"`` expands to every registered model."""
+    if isinstance(models, RunConfig):
+        return models.replace(**settings) if settings else models
+    import models as registry
+
+    names = registry.names() if models == "all" else [models] if isinstance(models, str) else list(models)
+    return RunConfig.from_options(models=tuple(names), **settings)
 
 
 def load(run_dir: str | Path) -> RunTables:

@@ -9,65 +9,28 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench.errors import UserError
+from bench.config.errors import UserError
 
 
 def _csv_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _seeds(text: str) -> list[int]:
-    try:
-        return [int(s) for s in _csv_list(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be integers separated by commas, got {text!r}") from None
+RUN_HELP_MODELS = "comma-separated model names (see `list`)"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bench.config.run_config import cli_options
+
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train and evaluate models, write results/<run>/")
     which = run.add_mutually_exclusive_group()
     which.add_argument("--all", action="store_true", help="every registered model")
-    which.add_argument("--models", type=_csv_list, help="comma-separated model names (see `list`)")
-    run.add_argument("--dataset", default="mnist5k", help="dataset name (default: mnist5k, no download)")
-    run.add_argument("--budget", default="default",
-                     help="smoke | default | full, or an amount: 500steps, 90s, 3epochs (default: default)")
-    run.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds (default: 0)")
-    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    run.add_argument("--out", help="output folder (default: results/<timestamp>)")
-    run.add_argument("--data-root", help="where downloaded datasets live (default: $BENCH_DATA_ROOT or the cache)")
-    run.add_argument("--fid-samples", type=int, default=None,
-                     help="samples per model for FID/IS/KID/PR (default: the test split's size)")
-    run.add_argument("--eval-size", type=int, default=None,
-                     help="test images scored for likelihood (default: the whole test split; smoke: 200)")
-    run.add_argument("--throughput-cap", type=float, default=None,
-                     help="skip a sampling batch size whose projected time exceeds this many seconds "
-                          "(default 20; smoke: 8)")
-    run.add_argument("--early-stopping", action="store_true",
-                     help="likelihood models: validation NLL after every epoch; halve the learning rate after an "
-                          "epoch without improvement, stop after 4 in a row, keep the best epoch's weights")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
-    run.add_argument("--no-scaling", action="store_true",
-                     help="skip the sampling-cost scaling study (untrained models at 8x8, 14x14, 28x28)")
-    run.add_argument("--in-process", action="store_true",
-                     help="run jobs in this process (debugging; peak memory is then the whole run's)")
-    run.add_argument("--model-args", action="append", default=[], metavar="MODEL:KEY=VALUE[,KEY=VALUE]",
-                     help="override a model's constructor settings, e.g. realnvp:lr=5e-4,hidden=64 (repeatable)")
-    run.add_argument("--executor", default="local",
-                     help="local (worker processes on this machine; the default) or ray (tasks on a Ray cluster)")
-    run.add_argument("--workers", type=int, default=1,
-                     help="jobs at once (local: worker processes, on GPUs one per device; ray: tasks in flight)")
-    run.add_argument("--ray-address", help="an existing Ray cluster (e.g. 10.0.0.5:6379, or auto); default: a "
-                                           "local cluster started for the run (--executor ray)")
-    run.add_argument("--fresh", action="store_true",
-                     help="start over: delete the run already in --out (default: resume it)")
-    run.add_argument("--checkpoint-every", default=None, metavar="INTERVAL",
-                     help="save training checkpoints this often, e.g. 300s, 10min or 500steps (default 300s)")
-    run.add_argument("--classifier", metavar="FILE",
-                     help="score sample quality with this evaluation classifier (written by `bench classifier`) "
-                          "instead of the dataset's shipped or cached one, so a team shares one")
+    which.add_argument("--models", type=_csv_list, help=RUN_HELP_MODELS)
+    for flag, options in cli_options():  # one per RunConfig setting (bench.config.run_config)
+        run.add_argument(flag, **options)
     run.add_argument("--config", metavar="FILE.yaml",
                      help="a YAML file whose keys mirror these flags (budget: smoke, model_args: {realnvp: "
                           "{lr: 5e-4}}, ...); flags given on the command line win")
@@ -166,27 +129,26 @@ def _interrupted():
     return RunInterrupted
 
 
-_STRING_OPTIONS = ("dataset", "budget", "device", "out", "data_root", "classifier")
-
-
 def _apply_config_file(parser: argparse.ArgumentParser, argv, args) -> argparse.Namespace:
     """Re-parse with the file's values as defaults, so that every flag given on the command line wins;
-    ``model_args`` merge per model and setting, the command line's winning."""
-    from bench.settings import parse_model_args, read_config
+    ``model_args`` merge per model and setting, the command line's winning. The file's keys are the flags'
+    names (``fid-samples`` or ``fid_samples``, ``no_scaling: true``)."""
+    from bench.config.model_settings import parse_model_args, read_config
 
     run_parser = parser._subparsers._group_actions[0].choices[args.command]
-    allowed = {a.dest for a in run_parser._actions} - {"help", "config"}
-    config = read_config(args.config, allowed)
+    by_key = {option[2:].replace("-", "_"): action for action in run_parser._actions
+              for option in action.option_strings if option.startswith("--") and action.dest not in ("help", "config")}
+    config = read_config(args.config, set(by_key))
     file_model_args = config.pop("model_args", None) or {}
     if not isinstance(file_model_args, dict) or not all(isinstance(v, dict) for v in file_model_args.values()):
         raise UserError(f"--config {args.config}: model_args must map model names to settings, "
                         f"e.g. model_args: {{realnvp: {{lr: 0.0005}}}}")
-    for key in _STRING_OPTIONS:
-        if config.get(key) is not None:
-            config[key] = str(config[key])
-    if isinstance(config.get("seeds"), int):
-        config["seeds"] = [config["seeds"]]
-    run_parser.set_defaults(**config)
+    defaults = {}
+    for key, value in config.items():
+        action = by_key[key]
+        inverted = isinstance(action, argparse._StoreFalseAction)  # no_scaling: true sets scaling False
+        defaults[action.dest] = (not value) if inverted else value
+    run_parser.set_defaults(**defaults)
     merged = parser.parse_args(argv)
     overrides = {m: dict(v) for m, v in file_model_args.items()}
     for model, settings in parse_model_args(merged.model_args).items():
@@ -196,34 +158,17 @@ def _apply_config_file(parser: argparse.ArgumentParser, argv, args) -> argparse.
 
 
 def cmd_run(args) -> int:
-    from bench.budgets import DEFAULT_CHECKPOINT_EVERY
-    from bench.suite import resolve_models, run_suite
+    from bench.config.run_config import from_cli
+    from bench.suite import run_suite
 
     if not args.all and not args.models:
         raise UserError("say which models to run: --all, or --models NAME[,NAME...] (see `python -m bench list`)")
-    if args.fid_samples is not None and args.fid_samples < 2:
-        raise UserError("--fid-samples must be at least 2")
-    if args.eval_size is not None and args.eval_size < 1:
-        raise UserError("--eval-size must be a positive number of test images")
-    names = resolve_models(args.models, args.all)
-    from bench.settings import parse_model_args, resolve_model_args
-
-    model_args = parse_model_args(args.model_args)
-    resolve_model_args(model_args, names)  # unknown models or settings fail before any work starts
-    _check_executor(args)
-    out, outcomes = run_suite(names, args.dataset, args.budget, args.seeds, args.device, args.out, args.data_root,
-                              progress=not args.no_progress, isolate=not args.in_process,
-                              throughput_cap_s=args.throughput_cap, fidelity_samples=args.fid_samples,
-                              eval_size=args.eval_size, scaling=not args.no_scaling,
-                              early_stopping=args.early_stopping, model_args=model_args,
-                              executor=args.executor, workers=args.workers, ray_address=args.ray_address,
-                              fresh=args.fresh, checkpoint_every=args.checkpoint_every or DEFAULT_CHECKPOINT_EVERY,
-                              classifier_file=args.classifier)
+    out, outcomes = run_suite(from_cli(args))
     return _finished(out, outcomes)
 
 
 def _check_executor(args) -> None:
-    from bench import executors
+    from bench.run import executors
 
     if args.executor not in executors.names():
         raise UserError(f"unknown executor {args.executor!r}; known executors: {', '.join(executors.names())}")
@@ -261,8 +206,8 @@ def cmd_evaluate(args) -> int:
 
 def cmd_list(_args) -> int:
     import models
-    from bench.budgets import PRESETS, FORMS
-    from bench.data import dataset_summaries
+    from bench.config.budgets import PRESETS, FORMS
+    from bench.data.datasets import dataset_summaries
 
     print("models:")
     print(f"  {'name':<12} {'family':<15} {'likelihood':<11} {'track':<7} conditional")
@@ -277,12 +222,12 @@ def cmd_list(_args) -> int:
     for name, spec in PRESETS.items():
         print(f"  {name:<8} = {spec}")
     print(f"  or {FORMS}")
-    from bench import executors
+    from bench.run import executors
 
     print(f"executors (--executor): {', '.join(n for n in executors.names() if n != 'in-process')} "
           f"(--in-process runs jobs in this process, for debugging)")
     print("metrics:")
-    from bench.metrics import REGISTRY
+    from bench.evaluate.metrics import REGISTRY
 
     print(f"  {'name':<18} {'unit':<11} {'better':<7} {'CI gate':<14} meaning")
     for m in REGISTRY.values():
@@ -297,13 +242,15 @@ def cmd_list(_args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from bench import folder_lock, report, results
+    from bench.run import folder_lock
+    from bench.results import report
+    from bench.config.job import load_outcomes
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "metrics.csv").exists():
         raise UserError(f"{run_dir} holds no metrics.csv: give the folder of a `bench run`")
     with folder_lock.locked(run_dir, "report"):
-        for outcome in results.load_outcomes(run_dir):
+        for outcome in load_outcomes(run_dir):
             if outcome["status"] == "corrupt":
                 print(f"warning: {outcome['reason']}; the report marks it", file=sys.stderr)
         report.render(run_dir)
@@ -316,8 +263,8 @@ def cmd_classifier(args) -> int:
     one, say whether the retrained weights are the shipped ones."""
     from pathlib import Path
 
-    from bench import classifier
-    from bench.data import load_dataset
+    from bench.evaluate import classifier
+    from bench.data.datasets import load_dataset
 
     out = Path(args.out)
     if out.is_dir():
@@ -345,7 +292,7 @@ def cmd_classifier(args) -> int:
 def cmd_compare(args) -> int:
     from pathlib import Path
 
-    from bench import compare
+    from bench.results import compare
 
     if args.output and Path(args.output).is_dir():
         raise UserError(f"--output {args.output} is a folder: give a file path, e.g. {Path(args.output) / 'compare.xml'}")
@@ -372,7 +319,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_baseline(args) -> int:
-    from bench import compare
+    from bench.results import compare
 
     out = compare.write_baseline(args.run_dir, args.out)
     baseline = compare.read_baseline(out)
@@ -386,10 +333,10 @@ def cmd_scaling(args) -> int:
     """Measure, write the files into --out; a run's folder as --out gains the section in its report."""
     from pathlib import Path
 
-    from bench import results, scaling
-    from bench.runner import resolve_device
-    from bench.scaling_tables import markdown_lines
-    from bench.suite import resolve_models
+    from bench.config import paths
+    from bench.results import report
+    from bench.run.runner import resolve_device
+    from bench.suite import resolve_models, study_into
 
     names = resolve_models(args.models, run_all=not args.models)
     if not args.sizes or any(s < 2 for s in args.sizes):
@@ -397,17 +344,15 @@ def cmd_scaling(args) -> int:
     batches = [args.batch] if isinstance(args.batch, int) else list(args.batch)
     if not batches or any(b < 1 for b in batches):
         raise UserError(f"--batch must be positive batch sizes, e.g. 1,1024; got {args.batch}")
-    out = Path(args.out) if args.out else results.default_out_dir("scaling-")
+    out = Path(args.out) if args.out else paths.default_out_dir("scaling-")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: give a folder")
-    from bench import folder_lock
+    from bench.run import folder_lock
 
     with folder_lock.locked(out, "scaling"):  # --out may be a run's folder
-        timings, fits, skipped, meta = scaling.study_into(out, names, resolve_device(args.device),
-                                                          list(args.sizes), batches)
-        print("\n".join(markdown_lines(timings, fits, skipped, meta)))
+        timings, fits, skipped, meta = study_into(out, names, resolve_device(args.device), list(args.sizes), batches)
+        print((out / "scaling.md").read_text())
         if (out / "metrics.csv").exists():
-            from bench import report
             report.render(out)
     print(f"scaling: {out}/ (scaling.csv, scaling_fit.csv, scaling.md, scaling.png, scaling_roofline.png)")
     print(f"wall time: {meta['wall_seconds']}s")

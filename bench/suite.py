@@ -6,12 +6,19 @@ from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 
-from bench import executors, folder_lock, results, resume
-from bench.budgets import DEFAULT_CHECKPOINT_EVERY, default_eval_size, parse_budget, scaling_batches, throughput_cap
-from bench.data import dataset_summaries, load_dataset
-from bench.errors import UserError
-from bench.jobs import Job
-from bench.runner import resolve_device
+from bench.run import executors
+from bench.run import folder_lock
+from bench.config import environment
+from bench.config.job import load_outcomes
+from bench.config import paths
+from bench.results import tables as results
+from bench.run import resume
+from bench.config.budgets import parse_budget
+from bench.config.run_config import RunConfig
+from bench.data.datasets import dataset_summaries, load_dataset
+from bench.config.errors import UserError
+from bench.config.job import Job
+from bench.run.runner import resolve_device
 
 
 def resolve_models(names: list[str] | None, run_all: bool) -> list[str]:
@@ -41,91 +48,87 @@ class RunInterrupted(Exception):
     """The driver was asked to stop (Ctrl-C, SIGTERM); every finished job is on disk and the tables say so."""
 
 
-def run_suite(models_: list[str], dataset: str, budget: str, seeds: list[int], device: str,
-              out: Path | None, data_root: str | None, progress: bool = True, isolate: bool = True,
-              throughput_cap_s: float | None = None, fidelity_samples: int | None = None,
-              eval_size: int | None = None, scaling: bool = True,
-              early_stopping: bool = False, model_args: dict[str, dict] | None = None,
-              executor: str = "local", workers: int = 1, ray_address: str | None = None,
-              fresh: bool = False, checkpoint_every: str | None = DEFAULT_CHECKPOINT_EVERY,
-              classifier_file: str | None = None,
-              ) -> tuple[Path, list[dict]]:
-    """Run every (model, seed) job not already finished in ``out``, through the chosen executor, holding
-    the folder's lock (``bench.folder_lock``): a second driver on the same folder is refused."""
-    from bench.settings import resolve_model_args
+def run_suite(run: RunConfig) -> tuple[Path, list[dict]]:
+    """Run every (model, seed) job of ``run`` not already finished in its folder, through the chosen executor,
+    holding the folder's lock (``bench.run.folder_lock``): a second driver on the same folder is refused."""
+    from bench.config.model_settings import resolve_model_args
 
-    parse_budget(budget)  # a malformed budget fails before any work starts
-    if checkpoint_every:
-        _check_interval(checkpoint_every)
-    model_args = model_args or {}
-    model_settings = resolve_model_args(model_args, models_)
-    eval_size = eval_size or default_eval_size(budget)
-    throughput_cap_s = throughput_cap_s or throughput_cap(budget)
-    fidelity_samples = fidelity_samples or eval_size
-    torch_device = resolve_device(device)
-    data = load_dataset(dataset, data_root)  # a missing dataset fails before any work starts
-    check_tracks(models_, data)
-    out = Path(out) if out else results.default_out_dir()
+    run.check()  # a malformed budget, interval or executor option fails before any work starts
+    if run.executor not in executors.names():
+        raise UserError(f"unknown executor {run.executor!r}; known executors: {', '.join(executors.names())}")
+    resolve_models(list(run.models), run_all=False)
+    model_settings = resolve_model_args(run.model_args, list(run.models))
+    torch_device = resolve_device(run.device)
+    data = load_dataset(run.dataset, run.data_root)  # a missing dataset fails before any work starts
+    check_tracks(list(run.models), data)
+    run = run.resolved(len(data.test_images), str(torch_device))
+    out = Path(run.out) if run.out else paths.default_out_dir()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder: give a folder for the run's results")
     with folder_lock.locked(out, "run"):  # a second driver on this folder is refused
-        if fresh:
+        if run.fresh:
             resume.start_fresh(out)
-        config = {
-            "models": models_, "dataset": dataset, "dataset_description": data.description,
-            "train_size": len(data.train_images), "test_size": len(data.test_images),
-            "valid_size": data.sizes["valid"],
-            "image_shape": list(data.image_shape), "budget": budget, "budget_resolved": asdict(parse_budget(budget)),
-            "early_stopping": early_stopping, "seeds": seeds, "device": str(torch_device),
-            "data_root": str(data_root) if data_root else None,
-            "throughput_cap_s": throughput_cap_s, "fidelity_samples": fidelity_samples or len(data.test_images),
-            "eval_size": min(eval_size or len(data.test_images), len(data.test_images)),
-            "started": datetime.now().isoformat(timespec="seconds"), "versions": results.package_versions(),
-            "git_commit": results.git_commit(), "hardware": results.hardware(torch_device),
-            "datasets_known": dataset_summaries(),
-            "model_args": model_args, "model_settings": model_settings,
-            "classifier_file": str(classifier_file) if classifier_file else None,
-        }
-        previous = results.read_json(out / "config.json") if (out / "config.json").exists() else None
-        if previous and not classifier_file and previous.get("classifier_file"):
-            config["classifier_file"] = previous["classifier_file"]  # the folder's pinned classifier stays
+        previous = paths.read_json(out / "config.json") if (out / "config.json").exists() else None
+        if previous and not run.classifier_file and previous.get("classifier_file"):
+            run = run.replace(classifier_file=previous["classifier_file"])  # the folder's pinned classifier stays
         if previous:
             for model, settings in previous.get("sampler_args", {}).items():  # set by `bench evaluate`: kept
-                if model in config["model_settings"]:
-                    config["model_settings"][model].update(settings)
-            resume.refuse_changed(out, previous, config)
-            config.update(models=resume.merged_list(previous.get("models"), models_),
-                          seeds=resume.merged_list(previous.get("seeds"), seeds), started=previous.get("started"),
-                          model_settings={**previous.get("model_settings", {}), **model_settings},
-                          model_args={**previous.get("model_args", {}), **model_args},
-                          invocations=previous.get("invocations", []), sampler_args=previous.get("sampler_args", {}))
-        _prepare_shared(config, data, torch_device, out, progress, check=resume.classifier_check(out, previous))
-        jobs = [Job(model_name, dataset, seed, budget, str(torch_device), str(out), data_root, progress,
-                    throughput_cap_s, fidelity_samples, eval_size, early_stopping=early_stopping,
-                    model_args=model_args.get(model_name, {}), checkpoint_every=checkpoint_every,
-                    sampler_args=config.get("sampler_args", {}).get(model_name, {}),
-                    classifier_file=config.get("classifier_path"),
-                    classifier_digest=config.get("classifier_weights_digest"))
-                for model_name in models_ for seed in seeds]
-        _warn_if_oversubscribed(budget, workers if executor == "local" and isolate else 1)
+                if model in model_settings:
+                    model_settings[model].update(settings)
+            resume.refuse_changed(out, previous, run, model_settings)
+        jobs = [Job(model_name, run.dataset, seed, run.budget, run.device, str(out), run.data_root, run.progress,
+                    run.throughput_cap_s, run.fidelity_samples, run.eval_size, early_stopping=run.early_stopping,
+                    model_args=run.model_args.get(model_name, {}), checkpoint_every=run.checkpoint_every,
+                    sampler_args=(previous or {}).get("sampler_args", {}).get(model_name, {}))
+                for model_name in run.models for seed in run.seeds]
+        if previous:  # the run grows by this invocation's models, seeds and settings
+            run = run.replace(models=tuple(resume.merged_list(previous.get("models"), run.models)),
+                              seeds=tuple(resume.merged_list(previous.get("seeds"), run.seeds)),
+                              model_args={**previous.get("model_args", {}), **run.model_args})
+        config = _config_json(run, data, torch_device, model_settings, previous)
+        _prepare_shared(config, data, torch_device, out, run.progress, check=resume.classifier_check(out, previous))
+        jobs = [replace(job, classifier_file=config.get("classifier_path"),
+                        classifier_digest=config.get("classifier_weights_digest")) for job in jobs]
+        _warn_if_oversubscribed(run.budget, run.workers if run.executor == "local" and run.isolate else 1)
         plan = resume.plan(jobs)
         if previous:
             print(f"resuming {out}: {plan.describe()}", flush=True)
-        runner = executors.create(executor if isolate else "in-process", workers=workers, device=str(torch_device),
-                                  address=ray_address)
+        runner = executors.create(run.executor if run.isolate else "in-process", workers=run.workers,
+                                  device=run.device, address=run.ray_address)
         config["executor"] = runner.describe()
         config.setdefault("invocations", []).append(
             {"started": datetime.now().isoformat(timespec="seconds"), **config["executor"], "kept": plan.kept,
              "continued": plan.continuing, "redone": plan.redone, "ran": [job.key for job in plan.todo]})
-        results.write_json(out / "config.json", config)
+        paths.write_json(out / "config.json", config)
         _write_tables(out)
         started = time.perf_counter()
         _execute(out, config, runner, plan.todo, started, "run the same command again to resume (interrupted "
                                                            "jobs continue from their checkpoints)")
-        if scaling and not (out / "scaling.csv").exists():  # a resumed run keeps the study it already has
-            _scaling_study(out, models_, torch_device, scaling_batches(budget))
+        if run.scaling and not (out / "scaling.csv").exists():  # a resumed run keeps the study it already has
+            _scaling_study(out, list(run.models), torch_device, run.scaling_batches)
         _finish(out, config, started)
-        return out, results.load_outcomes(out)
+        return out, load_outcomes(out)
+
+
+def _config_json(run: RunConfig, data, torch_device, model_settings: dict, previous: dict | None) -> dict:
+    """What ``config.json`` holds: the run configuration whole (``run_config``), its settings again at the top
+    for the readers (report, compare), and the facts of the run (data sizes, versions, hardware)."""
+    config = {
+        "models": list(run.models), "dataset": run.dataset, "dataset_description": data.description,
+        "train_size": len(data.train_images), "test_size": len(data.test_images), "valid_size": data.sizes["valid"],
+        "image_shape": list(data.image_shape), "budget": run.budget, "budget_resolved": asdict(parse_budget(run.budget)),
+        "early_stopping": run.early_stopping, "seeds": list(run.seeds), "device": run.device,
+        "data_root": run.data_root, "throughput_cap_s": run.throughput_cap_s,
+        "fidelity_samples": run.fidelity_samples, "eval_size": run.eval_size,
+        "started": (previous or {}).get("started") or datetime.now().isoformat(timespec="seconds"),
+        "versions": environment.package_versions(), "git_commit": environment.git_commit(),
+        "hardware": environment.hardware(torch_device), "datasets_known": dataset_summaries(),
+        "model_args": run.model_args, "model_settings": {**(previous or {}).get("model_settings", {}), **model_settings},
+        "classifier_file": run.classifier_file, "run_config": run.to_json(),
+    }
+    if previous:
+        config.update(invocations=previous.get("invocations", []), sampler_args=previous.get("sampler_args", {}))
+    return config
 
 
 def _execute(out: Path, config: dict, runner, jobs: list, started: float, how_to_resume: str) -> None:
@@ -159,8 +162,8 @@ def evaluate_run(run_dir, fidelity_samples: int | None = None, eval_size: int | 
     if not (out / "config.json").is_file():
         raise UserError(f"{out} holds no config.json: give the folder of a `bench run`")
     with folder_lock.locked(out, "evaluate"):
-        config = results.read_json(out / "config.json")
-        finished = [o for o in results.load_outcomes(out) if o["job"]["model"] != "data" and o["status"] == "ok"]
+        config = paths.read_json(out / "config.json")
+        finished = [o for o in load_outcomes(out) if o["job"]["model"] != "data" and o["status"] == "ok"]
         unknown = sorted(set(models_ or []) - {o["job"]["model"] for o in finished})
         if unknown:
             raise UserError(f"no finished job of {', '.join(unknown)} in {out}; its finished models: "
@@ -172,13 +175,16 @@ def evaluate_run(run_dir, fidelity_samples: int | None = None, eval_size: int | 
             raise UserError(f"{out} has no finished job to evaluate: `bench run` it first")
         changes = {k: v for k, v in zip(EVALUATION_SETTINGS, (fidelity_samples, eval_size, throughput_cap_s))
                    if v is not None}
-        from bench.settings import parse_sampler_args
+        from bench.config.model_settings import parse_sampler_args
 
         samplers = parse_sampler_args(sampler_args or [], sorted({o["job"]["model"] for o in finished}))
         archive = _archive(out)
         config.update(changes)
         if classifier_file:  # rescored by another classifier: the run's classifier from now on
             config["classifier_file"] = str(classifier_file)
+        # the run's configuration from now on: a later `bench run` on the folder resumes with these settings
+        config["run_config"] = RunConfig.from_json(config).replace(
+            **changes, classifier_file=config.get("classifier_file")).to_json()
         for model, settings in samplers.items():  # the run's sampler settings from now on, and the report's
             config.setdefault("sampler_args", {}).setdefault(model, {}).update(settings)
             config.setdefault("model_settings", {}).setdefault(model, {}).update(settings)
@@ -195,11 +201,11 @@ def evaluate_run(run_dir, fidelity_samples: int | None = None, eval_size: int | 
              "settings": {**changes, **({"sampler_args": samplers} if samplers else {}),
                           **({"classifier_file": str(classifier_file)} if classifier_file else {})},
              "previous_tables": str(archive.relative_to(out)), "ran": [j.key for j in jobs]})
-        results.write_json(out / "config.json", config)
+        paths.write_json(out / "config.json", config)
         started = time.perf_counter()
         _execute(out, config, runner, jobs, started, f"run `bench evaluate {out}` again to finish")
         _finish(out, config, started)
-        return out, results.load_outcomes(out)
+        return out, load_outcomes(out)
 
 
 def _archive(out: Path) -> Path:
@@ -217,19 +223,12 @@ def _archive(out: Path) -> Path:
     return target
 
 
-def _check_interval(text: str) -> None:
-    spec = parse_budget(text)
-    if spec.kind not in ("seconds", "steps"):
-        raise UserError(f"--checkpoint-every takes a time or a step count, such as 300s, 10min or 500steps; "
-                        f"got {text!r}")
-
-
 def _warn_if_oversubscribed(budget: str, workers: int) -> None:
     """A time budget buys each job the steps its share of the cores allows: more workers than cores
     change what a job trains, not only how fast the run ends."""
     import os
 
-    from bench.jobs import job_threads
+    from bench.config.job import job_threads
 
     cores = os.cpu_count() or 1
     if parse_budget(budget).kind == "seconds" and workers * job_threads() > cores:
@@ -244,17 +243,17 @@ def _job_done(out: Path, outcome: dict) -> None:
 
 
 def _write_tables(out: Path) -> None:
-    outcomes = results.load_outcomes(out)
+    outcomes = load_outcomes(out)
     if outcomes:
         results.write_tables(out, outcomes)
 
 
 def _finish(out: Path, config: dict, started: float) -> None:
-    from bench import report
+    from bench.results import report
 
     config["invocations"][-1]["wall_seconds"] = round(time.perf_counter() - started, 1)
     config["wall_seconds"] = round(sum(i.get("wall_seconds", 0) for i in config["invocations"]), 1)
-    results.write_json(out / "config.json", config)
+    paths.write_json(out / "config.json", config)
     _write_tables(out)
     if (out / "metrics.csv").exists():
         report.render(out)
@@ -263,7 +262,7 @@ def _finish(out: Path, config: dict, started: float) -> None:
 def _prepare_shared(config: dict, data, device, out: Path, progress: bool, check=None) -> list[dict]:
     """Work shared by all jobs: the evaluation classifier (its accuracy goes into ``config``) and the
     ``data`` rows' outcomes (real held-out images scored as if they were samples)."""
-    from bench import fidelity
+    from bench.evaluate import sample_quality as fidelity
 
     return fidelity.prepare_run(config, data, device, out, progress, check=check)
 
@@ -271,12 +270,37 @@ def _prepare_shared(config: dict, data, device, out: Path, progress: bool, check
 def _scaling_study(out: Path, model_names: list[str], device, batches=None) -> None:
     """The sampling-cost scaling study (untrained models, seconds) into the run's folder, for the report.
     A failure here is printed and leaves the run's results as they are."""
-    from bench import scaling
-
     try:
-        scaling.study_into(out, model_names, device, **({"batches": batches} if batches else {}))
+        study_into(out, model_names, device, **({"batches": batches} if batches else {}))
     except Exception as exc:  # the models' own results are already on disk
         print(f"scaling study failed: {type(exc).__name__}: {exc}", flush=True)
+
+
+def study_into(out: Path, names: list[str], device, sizes=None, batches=None):
+    """The sampling-cost study (``bench scaling``, and a run's own): measure every model at every size and
+    batch, then write the study's files into ``out``."""
+    import numpy as np
+    import torch
+
+    from bench.evaluate import sampling_cost
+    from bench.results import report
+    from bench.results.sampling_cost_tables import write_study
+
+    sizes = list(sizes or sampling_cost.DEFAULT_SIZES)
+    batches = batches or sampling_cost.DEFAULT_BATCHES
+    started_at, started = datetime.now().isoformat(timespec="seconds"), time.perf_counter()
+    batches = [int(batches)] if np.isscalar(batches) else [int(b) for b in batches]
+    gemm = sampling_cost.gemm_rate(device)
+    timings, fits, skipped = sampling_cost.run_study(names, sizes, batches, device, gemm=gemm)
+    meta = {"models": names, "sizes": sizes, "batches": batches, "device": str(device),
+            "started": started_at, "gemm": gemm,
+            "wall_seconds": round(time.perf_counter() - started, 1), "versions": environment.package_versions(),
+            "git_commit": environment.git_commit(),
+            # the study times in this process: its own thread count, not the jobs' (GENBENCH_THREADS)
+            "hardware": {**environment.hardware(device), "torch_threads": torch.get_num_threads()}}
+    write_study(out, timings, fits, skipped, meta)
+    report.render_study(out)
+    return timings, fits, skipped, meta
 
 
 def _print_outcome(o: dict):

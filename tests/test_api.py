@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 import bench.api as gb
-from bench.errors import UserError
+from bench.config.errors import UserError
+from bench.config.run_config import RunConfig
 
 
 def test_run_returns_the_tidy_metrics_table_of_its_folder(tmp_path):
@@ -18,6 +19,10 @@ def test_run_returns_the_tidy_metrics_table_of_its_folder(tmp_path):
     assert run.config["models"] == ["fvsbn"]
     assert run.jobs.set_index("model").loc["fvsbn", "status"] == "ok"
     assert "fvsbn" in run.summary["model"].tolist()
+    # config.json records the run configuration whole, resolved; it reads back into an equal object
+    asked = gb.config(["fvsbn"], budget="3steps", out=tmp_path / "run", isolate=False, eval_size=50, fidelity_samples=50,
+                      progress=False, scaling=False)  # gb.run's own defaults
+    assert RunConfig.from_json(run.config) == asked.resolved(run.config["test_size"], "cpu")
 
 
 def test_unknown_model_and_missing_folder_raise_user_errors(tmp_path):

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from bench import trainer
-from bench.budgets import parse_budget
-from bench.errors import UserError
+from bench.train import trainer
+from bench.config.budgets import parse_budget
+from bench.config.errors import UserError
 from tests.test_flops import LinearScorer
 
 IMAGES = (torch.arange(40 * 16) % 256).float().view(40, 1, 4, 4).to(torch.uint8)

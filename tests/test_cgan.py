@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import models
-from models.cgan import ConditionalGAN
+from models.gan.cgan import ConditionalGAN
 
 
 def _cgan(shape=(1, 8, 8), seed=0):

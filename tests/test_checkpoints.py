@@ -5,12 +5,14 @@ import pytest
 import torch
 
 import models
-from bench import checkpoints, resume
-from bench.budgets import parse_budget
-from bench.data import load_dataset
-from bench.jobs import Job, config_hash, training_hash
-from bench.runner import seed_everything
-from bench.trainer import Checkpointing, TrainResult, train
+from bench.train import checkpoints
+from bench.config.run_config import RunConfig
+from bench.run import resume
+from bench.config.budgets import parse_budget
+from bench.data.datasets import load_dataset
+from bench.config.job import Job, config_hash, training_hash
+from bench.run.runner import seed_everything
+from bench.train.trainer import Checkpointing, TrainResult, train
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +113,22 @@ def test_a_failed_job_or_another_configuration_is_run_again(tmp_path):
 
 
 def test_differences_name_each_changed_setting():
-    before = {"budget": "smoke", "dataset": "mnist5k", "model_settings": {"vae-z2": {"lr": 0.001, "channels": [32, 64]}}}
-    now = {"budget": "default", "dataset": "mnist5k", "model_settings": {"vae-z2": {"lr": 0.002, "channels": (32, 64)}}}
-    assert resume.differences(before, now) == ["budget is 'smoke' in the folder, 'default' now",
-                                               "vae-z2 setting lr is 0.001 in the folder, 0.002 now"]
-    assert resume.differences(before, before) == []
+    before = {"run_config": RunConfig(models=("vae-z2",), budget="smoke").to_json(),
+              "model_settings": {"vae-z2": {"lr": 0.001, "channels": [32, 64]}}}
+    now = RunConfig(models=("vae-z2",), budget="default")
+    assert resume.differences(before, now, {"vae-z2": {"lr": 0.002, "channels": (32, 64)}}) == [
+        "budget is 'smoke' in the folder, 'default' now", "vae-z2 setting lr is 0.001 in the folder, 0.002 now"]
+    same = RunConfig(models=("vae-z2",), budget="smoke", workers=3)  # how a run goes is not compared
+    assert resume.differences(before, same, {"vae-z2": {"lr": 0.001, "channels": (32, 64)}}) == []
+
+
+def test_a_folder_from_before_the_run_config_was_recorded_is_compared_by_its_keys():
+    legacy = {"models": ["fvsbn"], "dataset": "mnist5k", "budget": "smoke", "seeds": [0], "device": "cpu",
+              "eval_size": 200, "fidelity_samples": 200, "throughput_cap_s": 8.0, "executor": {"executor": "local"}}
+    now = RunConfig(models=("fvsbn",), budget="smoke").resolved(1000, "cpu")
+    assert resume.differences(legacy, now, {}) == []
+    assert resume.differences(legacy, now.replace(eval_size=100), {}) == [
+        "test images scored is 200 in the folder, 100 now"]
 
 
 def test_early_stopping_resumes_with_its_best_weights_and_curve(data, tmp_path):
@@ -149,7 +162,7 @@ def test_a_trained_model_is_measured_again_with_another_sampler_setting(tmp_path
     """``bench evaluate --sampler-args ddpm:sampling_steps=10``: the same checkpoint, another sampler."""
     from dataclasses import replace
 
-    from bench.runner import run_job
+    from bench.run.runner import run_job
 
     job = Job("ddpm", "digits", 0, "2steps", "cpu", str(tmp_path), progress=False, throughput_cap_s=1.0,
               fidelity_samples=50, eval_size=50)
@@ -167,8 +180,8 @@ def test_a_trained_model_is_measured_again_with_another_sampler_setting(tmp_path
 
 
 def test_sampler_args_may_only_change_the_sampler():
-    from bench.errors import UserError
-    from bench.settings import parse_sampler_args
+    from bench.config.errors import UserError
+    from bench.config.model_settings import parse_sampler_args
 
     assert parse_sampler_args(["ddpm:sampling_steps=20,sampler=ddim"], ["ddpm"]) == {
         "ddpm": {"sampling_steps": 20, "sampler": "ddim"}}
@@ -204,13 +217,13 @@ def test_peek_reads_a_checkpoints_progress_without_trusting_its_weights(data, tm
 
 
 def test_tables_list_jobs_in_the_runs_model_order(tmp_path):
-    from bench import results
+    from bench.config.job import load_outcomes
 
     (tmp_path / "jobs").mkdir()
     for model in ("ddpm", "data", "fvsbn", "cgan"):
         (tmp_path / "jobs" / f"{model}.json").write_text(json.dumps({"job": {"model": model, "seed": 0}}))
     (tmp_path / "config.json").write_text(json.dumps({"models": ["fvsbn", "cgan", "ddpm"]}))
-    assert [o["job"]["model"] for o in results.load_outcomes(tmp_path)] == ["data", "fvsbn", "cgan", "ddpm"]
+    assert [o["job"]["model"] for o in load_outcomes(tmp_path)] == ["data", "fvsbn", "cgan", "ddpm"]
 
 
 def test_a_time_budget_with_more_workers_than_cores_says_so(monkeypatch, capsys):

@@ -7,10 +7,12 @@ import pytest
 import torch
 
 import models
-import models.ddpm as ddpm_module
-from bench import checks, report, uncertainty
-from models.fvsbn import FVSBN
-from models.vae import ConvVAE
+import models.diffusion.ddpm as ddpm_module
+from bench.evaluate import self_checks as checks
+from bench.results import report
+from bench.evaluate import uncertainty
+from models.autoregressive.fvsbn import FVSBN
+from models.vae.vae import ConvVAE
 
 
 def only(found):

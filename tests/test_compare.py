@@ -10,7 +10,7 @@ import math
 import pandas as pd
 import pytest
 
-from bench import compare
+from bench.results import compare
 from bench.cli import main
 
 CONFIG = {"dataset": "mnist5k", "budget": "smoke", "budget_resolved": {"kind": "steps", "amount": 20.0,
@@ -287,7 +287,8 @@ def test_nan_is_stored_as_null(tmp_path):
 def test_real_smoke_run_round_trips_through_a_baseline(tmp_path, isolated_cache, capsys, monkeypatch):
     # In process, without the sample-quality stage: a fresh cache would otherwise train the evaluation
     # classifier first (minutes); training, likelihood and throughput rows are enough for the round trip.
-    from bench import evaluation, suite
+    from bench import suite
+    from bench.evaluate import measurements as evaluation
 
     monkeypatch.setattr(suite, "_prepare_shared", lambda *args, **kwargs: [])
     monkeypatch.setattr(evaluation.SampleQuality, "measure", lambda self, ctx: [])

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.budgets import parse_budget
-from bench.data import load_dataset, to_track
-from bench.errors import UserError
+from bench.config.budgets import parse_budget
+from bench.data.datasets import load_dataset, to_track
+from bench.config.errors import UserError
 
 
 def test_mnist5k_split_is_stratified_disjoint_and_cached(isolated_cache):

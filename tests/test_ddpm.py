@@ -8,7 +8,7 @@ import torch
 from scipy.stats import norm
 
 import models
-from models.ddpm import (DDPM, cosine_betas, discretized_gaussian_log_prob, linear_betas, normal_kl,
+from models.diffusion.ddpm import (DDPM, cosine_betas, discretized_gaussian_log_prob, linear_betas, normal_kl,
                          stratified_timesteps)
 
 

@@ -2,9 +2,9 @@
 import torch
 
 import models
-from bench.budgets import parse_budget
-from bench.data import load_dataset
-from bench.trainer import train
+from bench.config.budgets import parse_budget
+from bench.data.datasets import load_dataset
+from bench.train.trainer import train
 
 
 def test_keeps_the_best_epoch_and_stops_after_patience():

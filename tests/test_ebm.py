@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import models
-from models.ebm import EBM, ReplayBuffer, langevin
+from models.ebm.ebm import EBM, ReplayBuffer, langevin
 
 
 def quadratic_energy(center: torch.Tensor, curvature: float):

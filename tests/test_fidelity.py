@@ -12,10 +12,10 @@ import pytest
 import scipy.linalg
 import torch
 
-from bench import classifier as clf_module
-from bench import fidelity
-from bench.classifier import TrainingSpec, load_or_train
-from bench.data import load_dataset
+from bench.evaluate import classifier as clf_module
+from bench.evaluate import sample_quality as fidelity
+from bench.evaluate.classifier import TrainingSpec, load_or_train
+from bench.data.datasets import load_dataset
 from tests.conftest import PYTHON, REPO, bench_env
 
 TINY = TrainingSpec(epochs=1, min_steps=40, max_steps=40, batch_size=64)  # seconds, about 85-90% accurate
@@ -265,7 +265,7 @@ def test_suite_scores_uniform_noise_far_below_a_trained_model(tmp_path):
 
 def test_a_shipped_classifier_is_checked_against_the_runs_digest(mnist5k, tiny, tmp_path):
     """Every model of a run is scored by the driver's classifier: a worker's copy must match its digest."""
-    from bench.classifier import ClassifierMismatch, load_shipped
+    from bench.evaluate.classifier import ClassifierMismatch, load_shipped
 
     shipped = load_shipped(tiny.path, tiny.weights_digest)
     assert shipped.weights_digest == tiny.weights_digest

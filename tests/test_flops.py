@@ -1,13 +1,13 @@
-"""FLOP counting (bench.flops) against hand formulas, and that counting leaves training untouched."""
+"""FLOP counting (bench.instruments.flops) against hand formulas, and that counting leaves training untouched."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from bench import flops
+from bench.instruments import flops
 from models.base import GenerativeModel
-from models.fvsbn import FVSBN
+from models.autoregressive.fvsbn import FVSBN
 
 
 def test_linear_flops_match_the_hand_formula_forward_and_backward():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import models
-from models import fvsbn_kernels
+from models.autoregressive import fvsbn_kernels
 
 FAST_BACKENDS = [pytest.param("numba", marks=pytest.mark.skipif(not fvsbn_kernels.numba_available(),
                                                                   reason="numba not installed")),

@@ -5,7 +5,7 @@ import math
 import torch
 
 import models
-from models.glow import ActNorm, AffineCoupling, InvConv1x1
+from models.flows.glow import ActNorm, AffineCoupling, InvConv1x1
 
 
 def _random_glow(shape=(1, 4, 4), seed=0, **kwargs):

@@ -85,7 +85,7 @@ def test_the_cycle_finder_finds_a_planted_cycle():
 
 def test_no_import_cycles_in_bench_or_models():
     graph = import_graph()
-    assert "bench.runner" in graph and "bench.cli" in graph["bench.__main__"] | {"bench.cli"}
+    assert "bench.run.runner" in graph and "bench.cli" in graph["bench.__main__"] | {"bench.cli"}
     assert cycles(graph) == []
 
 
@@ -104,23 +104,88 @@ def test_code_cites_no_file_outside_the_repository():
     assert offenders == [] and (ROOT / "docs" / "design.md").is_file()
 
 
-LOWER = ("bench.errors", "bench.paths", "bench.metrics", "bench.jobs", "bench.data", "bench.results", "bench.budgets",
-         "bench.scaling_tables")
-UPPER = ("bench.cli", "bench.api", "bench.suite", "bench.runner", "bench.evaluation", "bench.report", "bench.compare")
+# The harness's layers, lowest first: data flows down them (a run's configuration, its data, the
+# instruments that time and weigh, training, evaluation, running jobs, the results read back), and a module
+# imports only from its own layer or lower ones. The entry points sit on top. ``bench`` itself (the
+# package root, imported for its path) belongs to none.
+LAYERS = (
+    ("bench.config",),
+    ("bench.data",),
+    ("bench.instruments",),
+    ("bench.train",),
+    ("bench.evaluate",),
+    ("bench.run",),
+    ("bench.results",),
+    ("bench.suite", "bench.api", "bench.cli", "bench.__main__"),
+)
+
+
+def layer_of(module: str) -> int | None:
+    for i, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return i
+    return None
+
+
+def upward_imports(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    found = {}
+    for module, deps in graph.items():
+        here = layer_of(module)
+        up = sorted(d for d in deps if here is not None and (layer_of(d) or -1) > here)
+        if up:
+            found[module] = up
+    return found
+
+
+def test_the_layer_check_finds_a_planted_upward_import():
+    graph = {"bench.train.trainer": {"bench.evaluate.metrics", "bench.config.job"}, "bench.evaluate.metrics": set(),
+             "bench.config.job": set()}
+    assert upward_imports(graph) == {"bench.train.trainer": ["bench.evaluate.metrics"]}
+    assert upward_imports({"bench.results.tables": {"bench.config.job", "bench"}}) == {}
+
+
+def test_every_harness_module_lies_in_a_layer():
+    graph = import_graph()
+    homeless = sorted(m for m in graph if m.startswith("bench.") and layer_of(m) is None)
+    assert homeless == []
 
 
 def test_lower_layers_never_import_upper_ones():
-    """Data flows down (data -> train -> measure -> results -> report): the foundations import no runner,
-    suite, CLI, report or compare module."""
-    graph = import_graph()
-    upward = {m: sorted(d for d in graph[m] if d.startswith(UPPER)) for m in LOWER if m in graph}
-    assert {m: d for m, d in upward.items() if d} == {}
+    """config -> data -> instruments -> train -> evaluate -> run -> results -> entry points: nothing points up."""
+    assert upward_imports(import_graph()) == {}
 
 
-def test_the_readme_layout_names_every_module():
-    """The README's layout section is the tree: every module of bench/ (and each subpackage) is named there."""
-    readme = (ROOT / "README.md").read_text()
-    layout = readme[readme.index("## Layout"):]
-    names = {p.name for p in (ROOT / "bench").glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
-    names |= {f"{p.name}/" for p in (ROOT / "bench").iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+FAMILY_FOLDERS = {"autoregressive": "autoregressive", "vae": "vae", "gan": "gan", "flow": "flows", "ebm": "ebm",
+                  "diffusion": "diffusion"}
+SHARED_MODEL_FILES = {"__init__.py", "base.py", "registry.py"}
+
+
+def test_every_model_file_lies_in_its_familys_folder():
+    """Each registered model's class is defined in models/<its family's folder>/, and models/ holds nothing
+    else at its top but the shared pieces."""
+    import models
+
+    misplaced = {}
+    for name in models.names():
+        cls = models.model_class(name)
+        if not cls.__module__.startswith("models."):  # a plugin (GENBENCH_PLUGINS) lives where its author put it
+            continue
+        folder = FAMILY_FOLDERS.get(cls.family)
+        if folder is None or not cls.__module__.startswith(f"models.{folder}."):
+            misplaced[name] = (cls.family, cls.__module__)
+    assert misplaced == {}
+    loose = sorted(p.name for p in (ROOT / "models").glob("*.py") if p.name not in SHARED_MODEL_FILES)
+    folders = sorted(p.name for p in (ROOT / "models").iterdir() if (p / "__init__.py").exists())
+    assert loose == [] and folders == sorted(FAMILY_FOLDERS.values())
+
+
+def test_the_layout_page_names_every_module():
+    """docs/layout.md is the tree: every module and folder of bench/ and models/ is named there."""
+    layout = (ROOT / "docs" / "layout.md").read_text()
+    names = set()
+    for pkg in PACKAGES:
+        for p in (ROOT / pkg).rglob("*.py"):
+            if p.name not in ("__init__.py", "__main__.py") and "__pycache__" not in p.parts:
+                names.add(p.name)
+        names |= {f"{p.name}/" for p in (ROOT / pkg).rglob("*") if p.is_dir() and (p / "__init__.py").exists()}
     assert sorted(n for n in names if n not in layout) == []

@@ -2,20 +2,21 @@
 import pytest
 import torch
 
-from bench import results, runner
-from bench.errors import UserError
+from bench.config import environment
+from bench.run import runner
+from bench.config.errors import UserError
 
 
 def test_default_thread_count(monkeypatch):
     monkeypatch.delenv(runner.THREADS_ENV, raising=False)
     assert runner.job_threads() == runner.DEFAULT_THREADS
-    assert results.hardware(torch.device("cpu"))["torch_threads"] == runner.DEFAULT_THREADS
+    assert environment.hardware(torch.device("cpu"))["torch_threads"] == runner.DEFAULT_THREADS
 
 
 def test_thread_count_from_the_environment(monkeypatch):
     monkeypatch.setenv(runner.THREADS_ENV, "3")
     assert runner.job_threads() == 3
-    assert results.hardware(torch.device("cpu"))["torch_threads"] == 3
+    assert environment.hardware(torch.device("cpu"))["torch_threads"] == 3
 
 
 @pytest.mark.parametrize("value", ["0", "two", "-1"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import models
-from bench.data import load_dataset
+from bench.data.datasets import load_dataset
 
 LIKELIHOOD_MODELS = [n for n in models.names() if models.model_class(n).likelihood is not None]
 

@@ -4,9 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import fidelity, memorisation
-from bench.classifier import TrainingSpec, load_or_train
-from bench.data import load_dataset
+from bench.evaluate import sample_quality as fidelity
+from bench.evaluate import memorisation
+from bench.evaluate.classifier import TrainingSpec, load_or_train
+from bench.data.datasets import load_dataset
 from tests.plugins.copy_model import CopyTrain, CopyTrainShifted, move
 
 TINY = TrainingSpec(epochs=1, min_steps=40, max_steps=40, batch_size=64)

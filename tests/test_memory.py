@@ -8,9 +8,10 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from bench import measure
-from bench.executors.local import LocalExecutor
-from bench.runner import Job
+from bench.evaluate import sampling_speed
+from bench.instruments import memory
+from bench.run.executors.local import LocalExecutor
+from bench.run.runner import Job
 from tests.plugins.memory_hog import MemoryHog
 
 CPU = torch.device("cpu")
@@ -18,13 +19,13 @@ MiB = 2**20
 
 
 def resident_mib() -> float:
-    return measure._status_kib("VmRSS") / 1024.0
+    return memory._status_kib("VmRSS") / 1024.0
 
 
 def test_phase_peak_sees_an_allocation_inside_the_phase():
-    with measure.PhasePeak(CPU) as quiet:
+    with memory.PhasePeak(CPU) as quiet:
         pass
-    with measure.PhasePeak(CPU) as busy:
+    with memory.PhasePeak(CPU) as busy:
         block = torch.ones(300 * MiB // 4)
         block.add_(1.0)
         del block
@@ -36,7 +37,7 @@ def test_phase_peak_forgets_an_earlier_phase():
     block = torch.ones(400 * MiB // 4)
     block.add_(1.0)
     del block
-    with measure.PhasePeak(CPU) as after:
+    with memory.PhasePeak(CPU) as after:
         pass
     assert after.mib < resident_mib() + 50, (after.mib, resident_mib())
     assert after.method  # says how it was measured
@@ -47,7 +48,7 @@ def test_sampling_peak_counts_what_the_sampler_allocates():
     rows = {}
     for mib in (0, 500):
         model = MemoryHog(image_shape=(1, 8, 8), sample_buffer_mib=mib)
-        found, _ = measure.sample_throughput(model, CPU, batches=(4,), max_seconds=5, min_seconds=0.0,
+        found, _ = sampling_speed.sample_throughput(model, CPU, batches=(4,), max_seconds=5, min_seconds=0.0,
                                             max_repeats=1)
         rows[mib] = [r for r in found if r["metric"] == "peak_memory_sample"]
     assert len(rows[500]) == 1 and rows[500][0]["batch"] == 4
@@ -65,7 +66,7 @@ def parent_holding_memory():
 
 def test_spawned_job_reports_its_own_peak_not_the_parents(parent_holding_memory, tmp_path, monkeypatch):
     monkeypatch.setenv("GENBENCH_PLUGINS", "tests.plugins.memory_hog")
-    parent_peak = measure._status_kib("VmHWM") / 1024.0
+    parent_peak = memory._status_kib("VmHWM") / 1024.0
     assert parent_peak >= 1536
     job = Job("memory-hog", "digits", 0, "2steps", "cpu", str(tmp_path), progress=False, throughput_cap_s=5.0,
               fidelity_samples=50, eval_size=50)

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import compare, metrics, report
+from bench.results import compare
+from bench.evaluate import metrics
+from bench.results import report
 from bench.cli import main
 
 BASELINE = Path(__file__).resolve().parents[1] / "results" / "baselines" / "smoke-cpu.json"
@@ -16,7 +18,7 @@ def test_every_metric_of_the_committed_smoke_run_is_declared_with_its_unit():
     baseline = json.loads(BASELINE.read_text())
     emitted = {key.split("@")[0] for values in baseline["values"].values() for key in values}
     undeclared = sorted(emitted - set(metrics.REGISTRY))
-    assert not undeclared, f"declare these in bench/metrics.py: {undeclared}"
+    assert not undeclared, f"declare these in bench/evaluate/metrics.py: {undeclared}"
     for name, unit in (baseline.get("units") or {}).items():
         if name in metrics.REGISTRY:
             assert unit in ("", metrics.REGISTRY[name].unit, None), name

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import classifier as clf
-from bench import compare
+from bench.evaluate import classifier as clf
+from bench.results import compare
 from bench.cli import main
-from bench.data import load_dataset
-from bench.errors import UserError
+from bench.data.datasets import load_dataset
+from bench.config.errors import UserError
 from tests.conftest import PYTHON, REPO, bench_env
 from tests.test_compare import BASE_VALUES, write_run
 
@@ -59,8 +59,8 @@ TRAIN_IN_A_FRESH_PROCESS = textwrap.dedent("""
     import sys, torch
     torch.set_num_threads(int(sys.argv[1]))  # the caller's thread count must not matter
     torch.manual_seed(int(sys.argv[2]))      # nor its random state
-    from bench import classifier as clf
-    from bench.data import load_dataset
+    from bench.evaluate import classifier as clf
+    from bench.data.datasets import load_dataset
     spec = clf.TrainingSpec(epochs=1, min_steps=30, max_steps=30, batch_size=64)
     trained = clf.load_or_train(load_dataset("digits"), "cpu", spec=spec)
     print(trained.weights_digest, trained.source, torch.get_num_threads())

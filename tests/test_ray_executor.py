@@ -84,9 +84,9 @@ def test_ray_run_matches_local_run_and_brings_files_back(tmp_path, ray_nodes):
 
 
 def _jobs(out: Path, budgets: dict) -> list:
-    from bench.classifier import load_or_train
-    from bench.data import load_dataset
-    from bench.jobs import Job
+    from bench.evaluate.classifier import load_or_train
+    from bench.data.datasets import load_dataset
+    from bench.config.job import Job
 
     classifier = load_or_train(load_dataset("mnist5k"))
     return [Job(model=model, dataset="mnist5k", seed=0, budget=budget, device="cpu", out=str(out), progress=False,
@@ -125,7 +125,7 @@ def _kill_when_running(job_key: str, after_s: float, killed: list, timeout_s: fl
 
 
 def test_worker_killed_mid_job_is_recorded_failed_and_the_other_job_finishes(tmp_path):
-    from bench.executors.ray import RayExecutor
+    from bench.run.executors.ray import RayExecutor
 
     jobs = _jobs(tmp_path, {"fvsbn": "60s", "vae-z2": "2steps"})
     killed: list[int] = []
@@ -191,7 +191,7 @@ def three_node_cluster(monkeypatch):
 
 
 def test_node_lost_mid_job_is_recorded_failed_and_the_other_job_finishes(tmp_path, three_node_cluster):
-    from bench.executors.ray import RayExecutor
+    from bench.run.executors.ray import RayExecutor
 
     cluster = three_node_cluster
     jobs = _jobs(tmp_path, {"fvsbn": "60s", "vae-z2": "2steps"})

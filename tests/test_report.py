@@ -1,6 +1,6 @@
 """The report: summary statistics over seeds, likelihood tables per track, deterministic re-rendering.
 
-Every test writes its own synthetic run folder (metrics.csv and the rest, as bench/results.py writes
+Every test writes its own synthetic run folder (metrics.csv and the rest, as bench/results/tables.py writes
 them) and checks the rendered figures against means and spreads computed here with numpy.
 """
 from __future__ import annotations
@@ -16,7 +16,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench import report, results
+from bench.results import report
+from bench.config import paths
+from bench.results import tables as results
 from bench.cli import main as cli_main
 
 SEEDS = [0, 1, 2]
@@ -82,7 +84,7 @@ def write_run(folder, seed: int = 0):
     curves = [{"model": m, "dataset": "mnist5k", "seed": s, "step": k, "seconds": 0.1 * k, "loss": 100.0 / k}
               for m in MODELS for s in SEEDS for k in range(1, 6)]
     pd.DataFrame(curves).to_csv(folder / "curves.csv", index=False)
-    results.write_json(folder / "config.json", {
+    paths.write_json(folder / "config.json", {
         "models": list(MODELS), "dataset": "mnist5k", "budget": "smoke", "seeds": SEEDS, "device": "cpu",
         "git_commit": "abc123", "started": "2026-01-01T00:00:00", "versions": {"torch": "2.x"},
         "classifier_accuracy": 0.987, "fidelity_samples": 1000})
@@ -227,8 +229,8 @@ def test_rerendering_a_report_imports_no_torch(run_dir):
         outcome = {"job": {"model": model, "dataset": "mnist5k", "seed": 0}, "status": "ok", "reason": "",
                    "rows": [], "curve": [], "notes": [],
                    "info": {"likelihood": kinds.iloc[0] if len(kinds) else None}, "wall_seconds": 1.0}
-        results.write_json(folder / "jobs" / f"{model}__mnist5k__seed0.json", outcome)
-    code = ("import sys; from bench import report; report.render(sys.argv[1]); "
+        paths.write_json(folder / "jobs" / f"{model}__mnist5k__seed0.json", outcome)
+    code = ("import sys; from bench.results import report; report.render(sys.argv[1]); "
             "print('torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[1])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import resume
+from bench.run import resume
 from tests.conftest import PYTHON, REPO, bench_env
 
 MODELS = "fvsbn,made,vae-z2"

@@ -7,14 +7,15 @@ import textwrap
 
 import pytest
 
-from bench import folder_lock, results
+from bench.run import folder_lock
+from bench.config.job import load_outcomes
 from bench.cli import main
 from tests.conftest import PYTHON, REPO, bench_env
 from tests.test_report import write_run
 
 HOLD_THE_LOCK = textwrap.dedent("""
     import sys, time
-    from bench import folder_lock
+    from bench.run import folder_lock
     with folder_lock.locked(sys.argv[1], "run"):
         print("held", flush=True)
         time.sleep(120)
@@ -84,7 +85,7 @@ def test_a_killed_driver_leaves_a_lock_the_next_one_takes_over(held, capsys):
 
 
 def test_fresh_keeps_the_lock_it_holds(tmp_path):
-    from bench import resume
+    from bench.run import resume
 
     folder = tmp_path / "run"
     write_run(folder)
@@ -113,7 +114,7 @@ def test_a_corrupt_job_file_is_named_and_the_rest_of_the_report_renders(tmp_path
     report = (folder / "report.md").read_text()
     assert "CORRUPT: vae-z2 seed 1: jobs/vae-z2__mnist5k__seed1.json is corrupt" in report
     assert "sampler_vs_likelihood" in report  # the good job's checks still render
-    outcome = [o for o in results.load_outcomes(folder) if o["job"]["model"] == "vae-z2"][0]
+    outcome = [o for o in load_outcomes(folder) if o["job"]["model"] == "vae-z2"][0]
     assert outcome["status"] == "corrupt" and outcome["job"]["seed"] == 1
 
 

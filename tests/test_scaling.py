@@ -13,10 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import report, scaling
+from bench.results import report
+from bench.evaluate import sampling_cost as scaling
+from bench.evaluate import sampling_cost_protocol as protocol
+from bench.results import sampling_cost_tables as tables
 from bench.cli import main as cli_main
 from models import registry
-from models.fvsbn import FVSBN
+from models.autoregressive.fvsbn import FVSBN
 
 DIMS = np.array([64, 196, 784])
 
@@ -25,24 +28,24 @@ DIMS = np.array([64, 196, 784])
 def test_fitted_slope_recovers_known_exponent(exponent):
     rng = np.random.default_rng(int(exponent))
     seconds = 3e-6 * DIMS ** exponent * np.exp(rng.normal(0, 0.02, size=len(DIMS)))  # 2% timing noise
-    slope, intercept, r2 = scaling.fit_power_law(DIMS, seconds)
+    slope, intercept, r2 = protocol.fit_power_law(DIMS, seconds)
     assert slope == pytest.approx(exponent, abs=0.05)
     assert 10 ** intercept == pytest.approx(3e-6, rel=0.3)
     assert r2 > 0.99
 
 
 def test_fit_is_exact_on_noiseless_power_law_and_r2_needs_three_sizes():
-    slope, intercept, r2 = scaling.fit_power_law(DIMS, 5e-7 * DIMS ** 1.5)
+    slope, intercept, r2 = protocol.fit_power_law(DIMS, 5e-7 * DIMS ** 1.5)
     assert slope == pytest.approx(1.5, abs=1e-9) and intercept == pytest.approx(np.log10(5e-7), abs=1e-9)
     assert r2 == pytest.approx(1.0)
-    assert np.isnan(scaling.fit_power_law(DIMS[:2], [1e-3, 4e-3])[2])
-    assert np.isnan(scaling.fit_power_law([64], [1e-3])[0])  # one size: no slope, not a crash
+    assert np.isnan(protocol.fit_power_law(DIMS[:2], [1e-3, 4e-3])[2])
+    assert np.isnan(protocol.fit_power_law([64], [1e-3])[0])  # one size: no slope, not a crash
 
 
 def test_fit_table_one_row_per_model():
     timings = pd.DataFrame({"model": ["a"] * 3 + ["b"] * 3, "dim": list(DIMS) * 2,
                             "seconds_per_sample": list(1e-6 * DIMS) + list(1e-8 * DIMS ** 2.0)})
-    fits = scaling.fit_table(timings).set_index("model")
+    fits = protocol.fit_table(timings).set_index("model")
     assert fits.loc["a", "slope"] == pytest.approx(1.0) and fits.loc["b", "slope"] == pytest.approx(2.0)
 
 
@@ -91,10 +94,10 @@ def test_two_batches_give_one_fit_each_and_a_slow_sampler_says_its_batch(monkeyp
                                          gemm={"gemm_flops_per_second": 1e9})
     assert sorted(zip(timings["batch_asked"], timings["batch"])) == [(1, 1), (1, 1), (32, 8), (32, 8)]
     assert sorted(fits["batch"]) == [1, 32]
-    table = scaling.scaling_table(timings, fits)
+    table = tables.scaling_table(timings, fits)
     assert list(table["batch"]) == ["1", "8 (asked 32)"]
-    work = scaling.depth_work_table(timings).iloc[0]
-    assert work["NFE slope"] == "1.00" and work["FLOPs slope"] == f"{scaling.fit_power_law([36, 64], [36 * 35, 64 * 63])[0]:.2f}"
+    work = tables.depth_work_table(timings).iloc[0]
+    assert work["NFE slope"] == "1.00" and work["FLOPs slope"] == f"{protocol.fit_power_law([36, 64], [36 * 35, 64 * 63])[0]:.2f}"
 
 
 class WeightDependentSampler(FVSBN):
@@ -113,8 +116,8 @@ def test_a_model_whose_cost_depends_on_weights_is_trained_before_timing(monkeypa
     timings, fits, _ = scaling.run_study(["weight-dependent"], [6], 1, torch.device("cpu"), log=lambda _: None,
                                          gemm={"gemm_flops_per_second": 1e9})
     assert list(timings["trained_steps"]) == [3]
-    assert scaling.scaling_table(timings, fits)["model"].iloc[0] == "weight-dependent (trained 3 steps)"
-    assert "adaptive ODE solver" in scaling.FAMILY_COST_NOTES["flow"] and "trained weights" in scaling.FAMILY_COST_NOTES["flow"]
+    assert tables.scaling_table(timings, fits)["model"].iloc[0] == "weight-dependent (trained 3 steps)"
+    assert "adaptive ODE solver" in protocol.FAMILY_COST_NOTES["flow"] and "trained weights" in protocol.FAMILY_COST_NOTES["flow"]
 
 
 class BrokenAtSmallSizes(FVSBN):
@@ -143,7 +146,7 @@ def test_report_gains_a_scaling_section_when_the_run_has_one(tmp_path):
                             "seconds_per_sample": 1e-8 * DIMS ** 2.0, "repeats": 3, "family": "autoregressive",
                             "sampling_nfe": DIMS})
     skipped = pd.DataFrame([{"model": "ddpm", "size": 28, "reason": "projected 99s per batch of 64 > 30s cap"}])
-    scaling.write_study(tmp_path, timings, scaling.fit_table(timings), skipped, {"batch": 64, "device": "cpu"})
+    tables.write_study(tmp_path, timings, protocol.fit_table(timings), skipped, {"batch": 64, "device": "cpu"})
     report.render(tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert "## Sampling cost against image size" in md

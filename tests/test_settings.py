@@ -4,8 +4,8 @@ import json
 import pytest
 
 from bench.cli import main
-from bench.errors import UserError
-from bench.settings import constructor_settings, parse_model_args, resolve_model_args
+from bench.config.errors import UserError
+from bench.config.model_settings import constructor_settings, parse_model_args, resolve_model_args
 
 
 def test_model_args_parse_numbers_booleans_tuples_and_strings():

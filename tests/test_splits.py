@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from bench import classifier as classifier_module
-from bench import fidelity, runner
-from bench.classifier import TrainingSpec, load_or_train
-from bench.data import SPLIT_SIZES, dataset_summaries, load_dataset
+from bench.evaluate import classifier as classifier_module
+from bench.evaluate import sample_quality as fidelity
+from bench.run import runner
+from bench.evaluate.classifier import TrainingSpec, load_or_train
+from bench.data.datasets import SPLIT_SIZES, dataset_summaries, load_dataset
 
 SMALL = ["mnist5k", "digits"]  # the datasets that need no files
 

@@ -8,7 +8,12 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from bench import compare, measure, report, results, steps_curve
+from bench.evaluate import metrics
+from bench.results import compare
+from bench.results import report
+from bench.config import paths
+from bench.results import tables as results
+from bench.evaluate import steps_curve
 
 
 class StepModel:
@@ -43,18 +48,18 @@ def fake_draw(monkeypatch):
         return 100.0 / model.sampling_steps, 1.0 / (SECONDS_PER_SAMPLE_STEP * model.sampling_steps), 3
 
     monkeypatch.setattr(steps_curve, "_measure_point", measure_point)
-    monkeypatch.setattr("bench.classifier.has_labels", lambda data: True)
-    monkeypatch.setattr("bench.fidelity.job_classifier", lambda data, device, job: None)
+    monkeypatch.setattr("bench.evaluate.classifier.has_labels", lambda data: True)
+    monkeypatch.setattr("bench.evaluate.sample_quality.job_classifier", lambda data, device, job: None)
     return seen
 
 
 def headline_rows(model):
     speed = 1.0 / (SECONDS_PER_SAMPLE_STEP * model.sampling_nfe)
-    return [measure.row("fid", 12.5, "", "estimate", note="1000 samples"),
-            measure.row("sample_throughput", speed, "samples/s", batch=16),
-            measure.row("sample_throughput", speed, "samples/s", batch=256),
-            measure.row("sampling_nfe", model.sampling_nfe, "evaluations", "exact"),
-            measure.row("test_bpd", 1.0, "bits/dim", "bound")]
+    return [metrics.row("fid", 12.5, "", "estimate", note="1000 samples"),
+            metrics.row("sample_throughput", speed, "samples/s", batch=16),
+            metrics.row("sample_throughput", speed, "samples/s", batch=256),
+            metrics.row("sampling_nfe", model.sampling_nfe, "evaluations", "exact"),
+            metrics.row("test_bpd", 1.0, "bits/dim", "bound")]
 
 
 def run_curve(budget="60s", cap=20.0, n=1000):
@@ -106,17 +111,17 @@ def test_headline_rows_name_the_sampler_and_the_likelihood_chain(fake_draw):
 
 def test_a_model_without_step_options_gets_no_curve():
     model = SimpleNamespace(sampling_nfe=1)
-    rows = [measure.row("fid", 3.0, "", "estimate")]
+    rows = [metrics.row("fid", 3.0, "", "estimate")]
     assert steps_curve.evaluate(model, None, "cpu", None, SimpleNamespace(notes=[], info={}), rows) == rows
 
 
 # --- the tables downstream ---------------------------------------------------------------------
 def outcome(fid_by_steps, headline_fid=12.5, seed=0):
-    rows = [measure.row("fid", headline_fid, "", "estimate"),
-            measure.row("sample_throughput", 40.0, "samples/s", batch=256)]
+    rows = [metrics.row("fid", headline_fid, "", "estimate"),
+            metrics.row("sample_throughput", 40.0, "samples/s", batch=256)]
     for steps, fid in fid_by_steps.items():
-        rows += [measure.row("fid", fid, "", "estimate", steps=steps),
-                 measure.row("sample_throughput", 2000.0 / steps, "samples/s", batch=256, steps=steps)]
+        rows += [metrics.row("fid", fid, "", "estimate", steps=steps),
+                 metrics.row("sample_throughput", 2000.0 / steps, "samples/s", batch=256, steps=steps)]
     return {"job": {"model": "ddpm", "dataset": "mnist5k", "seed": seed, "budget": "smoke"},
             "info": {"family": "diffusion", "track": "8bit", "sampler": "ancestral, 50 respaced steps",
                      "likelihood_chain": "bound of the T=1000 chain"},
@@ -129,7 +134,7 @@ def write_run(folder, outcomes):
     for o in outcomes:
         (folder / "jobs" / f"ddpm__mnist5k__seed{o['job']['seed']}.json").write_text(json.dumps(o))
     results.write_tables(folder, outcomes)
-    results.write_json(folder / "config.json", {"dataset": "mnist5k", "budget": "smoke", "seeds": [0, 1],
+    paths.write_json(folder / "config.json", {"dataset": "mnist5k", "budget": "smoke", "seeds": [0, 1],
                                                 "device": "cpu", "models": ["ddpm"]})
     return folder
 
@@ -172,8 +177,9 @@ def test_report_has_the_curve_section_and_names_each_chain(tmp_path):
 
 
 def test_the_runner_walks_the_registered_measurements_and_a_new_one_is_one_registration(tmp_path, monkeypatch):
-    """A measurement registered in bench.evaluation runs on every job it applies to; its rows reach metrics.csv."""
-    from bench import evaluation, suite
+    """A measurement registered in bench.evaluate.measurements runs on every job it applies to; its rows reach metrics.csv."""
+    from bench import suite
+    from bench.evaluate import measurements as evaluation
     from bench.cli import main
 
     class ParameterNorm(evaluation.Measurement):

@@ -1,4 +1,4 @@
-"""bench.uncertainty: the numpy/scipy metrics against torch-fidelity's, FID_inf against the closed-form
+"""bench.evaluate.uncertainty: the numpy/scipy metrics against torch-fidelity's, FID_inf against the closed-form
 Frechet distance of two Gaussians, and the bootstrap interval's coverage in a simulation with known truth."""
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics
 from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import prc_features_to_metric
 
-from bench import uncertainty
+from bench.evaluate import uncertainty
 
 
 def relu_features(seed, n=600, d=32, shift=0.2):

@@ -7,7 +7,7 @@ import torch
 
 import models
 from models.base import bits_per_dim
-from models.vae import ConvVAE, gaussian_kl_to_standard, gaussian_log_density
+from models.vae.vae import ConvVAE, gaussian_kl_to_standard, gaussian_log_density
 
 
 def _perturbed_vae(shape, latent_dim=2, seed=0):

@@ -12,9 +12,9 @@ import math
 import pytest
 import torch
 
-from bench import fidelity
-from bench.classifier import TrainingSpec, load_or_train
-from bench.data import load_dataset
+from bench.evaluate import sample_quality as fidelity
+from bench.evaluate.classifier import TrainingSpec, load_or_train
+from bench.data.datasets import load_dataset
 
 
 def shifted_copies(images: torch.Tensor, shifts) -> torch.Tensor:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import models
-from models import fvsbn_kernels
+from models.autoregressive import fvsbn_kernels
 
 IMAGE_SHAPE = (1, 28, 28)
 BATCHES = [16, 1024]

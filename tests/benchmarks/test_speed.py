@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import models
-from bench.data import to_track
+from bench.data.datasets import to_track
 
 IMAGE_SHAPE = (1, 28, 28)
 TRAIN_BATCH = 16

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
-from bench.data import to_track
-from models.ebm import EnergyCNN
+from bench.data.datasets import to_track
+from models.ebm.ebm import EnergyCNN
 
 IMAGE_SHAPE = (1, 28, 28)
 D = 28 * 28

@@ -1,0 +1,1 @@
+"""The datasets: files, splits and tracks (binary, 8bit)."""

@@ -1,0 +1,1 @@
+"""What is measured of a trained model: likelihood, sampling speed, sample quality through the evaluation classifier, uncertainty, memorisation, self-checks, the steps curve and the sampling-cost study; the metric registry."""

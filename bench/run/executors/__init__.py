@@ -1,0 +1,31 @@
+"""Executors: how a run's jobs reach worker processes. One interface (``base.Executor``), one registry.
+
+``local`` (the default) runs N isolated worker processes on this machine; ``ray`` runs each job as a
+Ray task on a cluster. Adding one is a module with an ``Executor`` subclass and a line in ``EXECUTORS``
+(``module:Class``, imported only when chosen, so Ray is never imported by a local run).
+"""
+from __future__ import annotations
+
+import importlib
+
+from bench.config.errors import UserError
+
+EXECUTORS = {"local": "bench.run.executors.local:LocalExecutor", "ray": "bench.run.executors.ray:RayExecutor",
+             "in-process": "bench.run.executors.inprocess:InProcessExecutor"}
+
+
+def names() -> list[str]:
+    return list(EXECUTORS)
+
+
+def register_executor(name: str, target: str) -> None:
+    """Register ``module:Class`` under ``name`` (an executor of a plugin)."""
+    EXECUTORS[name] = target
+
+
+def create(name: str, **options):
+    """The executor called ``name``, built with ``options`` (workers, device, address, ...)."""
+    if name not in EXECUTORS:
+        raise UserError(f"unknown executor {name!r}; known executors: {', '.join(EXECUTORS)}")
+    module, cls = EXECUTORS[name].split(":")
+    return getattr(importlib.import_module(module), cls)(**options)

@@ -1,0 +1,1 @@
+"""Diffusion models: a variational bound on the likelihood, sampled by iterative denoising."""

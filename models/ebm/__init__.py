@@ -1,0 +1,1 @@
+"""Energy-based models: an unnormalised density, sampled by Langevin dynamics."""

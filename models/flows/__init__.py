@@ -1,0 +1,1 @@
+"""Normalizing flows: an exact likelihood by the change of variables, one inverse pass (or an ODE) to sample."""

@@ -1,0 +1,1 @@
+"""Variational autoencoders: a bound on the likelihood (ELBO) and an importance-weighted estimate."""
