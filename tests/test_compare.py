@@ -182,6 +182,27 @@ def test_values_are_averaged_over_seeds(tmp_path):
 
 
 # --- refusing what cannot be compared --------------------------------------------------------
+def test_data_rows_of_two_tracks_are_two_entries_not_one_average(tmp_path):
+    """The data rows score real images on the binary and the 8-bit track: compared per (model, track)."""
+    run = write_run(tmp_path / "base", {"data": {"fid": 1.0}, "fvsbn": {"test_bpd": 0.7}})
+    metrics = pd.read_csv(run / "metrics.csv")
+    data = metrics[metrics["model"] == "data"]
+    metrics = pd.concat([metrics, data.assign(track="8bit", value=3.0)], ignore_index=True)
+    metrics.to_csv(run / "metrics.csv", index=False)
+    _, frame, _ = compare.load_run(run)
+    values = compare.runs.mean_values(frame)
+    assert values["data (binary)"] == {"fid": 1.0} and values["data (8bit)"] == {"fid": 3.0}
+    assert values["fvsbn"] == {"test_bpd": 0.7}  # one track: the model's own name
+    baseline = compare.build_baseline(run)
+    worse = metrics.copy()
+    worse.loc[(worse["model"] == "data") & (worse["track"] == "8bit"), "value"] = 6.0
+    now = write_run(tmp_path / "now", {"data": {"fid": 1.0}, "fvsbn": {"test_bpd": 0.7}})
+    worse.to_csv(now / "metrics.csv", index=False)
+    rows = compare.compare(now, baseline)
+    assert [(r.model, r.metric) for r in rows if r.verdict == "regressed"] == [("data (8bit)", "fid")]
+    assert sum(r.metric == "job status" for r in rows) == 0  # the data jobs are judged once, and were ok
+
+
 @pytest.mark.parametrize("changes, word", [
     ({"dataset": "digits"}, "dataset"),
     ({"budget": "default", "budget_resolved": {"kind": "seconds", "amount": 60.0, "label": "default"}}, "budget"),

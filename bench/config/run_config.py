@@ -171,6 +171,15 @@ class RunConfig:
                 for f in dataclasses.fields(self) if f.metadata["compared"] and mine[f.name] != theirs[f.name]]
 
 
+def _seeds_flag(text: str) -> list[int]:
+    import argparse
+
+    try:
+        return _seeds(text)
+    except UserError as exc:  # argparse names the flag and exits 2
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from None
+
+
 def cli_options() -> list[tuple[str, dict]]:
     """``(flag, argparse keywords)`` for every setting but ``models`` (which ``--all`` shares a group with)."""
     options = []
@@ -182,7 +191,7 @@ def cli_options() -> list[tuple[str, dict]]:
         if meta["action"]:
             kwargs["action"] = meta["action"]
         elif f.name == "seeds":
-            kwargs["type"] = _seeds
+            kwargs["type"] = _seeds_flag
         elif f.name == "model_args":
             kwargs.update(action="append", default=[])
         elif f.type in ("int", "int | None"):
@@ -191,6 +200,8 @@ def cli_options() -> list[tuple[str, dict]]:
             kwargs["type"] = float
         if f.name == "device":
             kwargs["choices"] = ["auto", "cpu", "cuda"]
+        if not meta["action"] and "metavar" not in kwargs and "choices" not in kwargs:
+            kwargs["metavar"] = (meta["flag"] or f.name).lstrip("-").upper().replace("-", "_")
         if "default" not in kwargs and not meta["action"]:
             kwargs["default"] = None  # None: not given; the field's own default applies (a YAML value may fill it)
         options.append((meta["flag"] or "--" + f.name.replace("_", "-"), kwargs))
