@@ -262,9 +262,9 @@ def _finish(out: Path, config: dict, started: float) -> None:
 def _prepare_shared(config: dict, data, device, out: Path, progress: bool, check=None) -> list[dict]:
     """Work shared by all jobs: the evaluation classifier (its accuracy goes into ``config``) and the
     ``data`` rows' outcomes (real held-out images scored as if they were samples)."""
-    from bench.evaluate import sample_quality as fidelity
+    from bench.evaluate import sample_quality
 
-    return fidelity.prepare_run(config, data, device, out, progress, check=check)
+    return sample_quality.prepare_run(config, data, device, out, progress, check=check)
 
 
 def _scaling_study(out: Path, model_names: list[str], device, batches=None) -> None:

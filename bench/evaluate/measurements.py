@@ -97,9 +97,9 @@ class SampleQuality(Measurement):
     name = "sample quality"
 
     def measure(self, ctx: Context) -> list[dict]:
-        from bench.evaluate import sample_quality as fidelity
+        from bench.evaluate import sample_quality
 
-        return fidelity.model_rows(ctx.model, ctx.data, ctx.device, ctx.job, ctx.outcome)
+        return sample_quality.model_rows(ctx.model, ctx.data, ctx.device, ctx.job, ctx.outcome)
 
 
 class SelfChecks(Measurement):
@@ -108,9 +108,9 @@ class SelfChecks(Measurement):
     name = "checks"
 
     def measure(self, ctx: Context) -> list[dict]:
-        from bench.evaluate import self_checks as checks
+        from bench.evaluate import self_checks
 
-        ctx.outcome.info.setdefault("checks", []).extend(checks.model_checks(ctx.model, ctx.x_test, ctx.device))
+        ctx.outcome.info.setdefault("checks", []).extend(self_checks.model_checks(ctx.model, ctx.x_test, ctx.device))
         return []
 
 

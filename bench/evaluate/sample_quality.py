@@ -415,14 +415,14 @@ def uncertainty_rows(fa, fb, values: dict, rows: list[dict]) -> list[dict]:
 
 def trust_rows(samples, reference, values, rows, classifier, data, model, job, outcome) -> list[dict]:
     """After the sample-quality rows: intervals, fid_inf, copy_rate with its figure, and the FID check."""
-    from bench.evaluate import self_checks as checks
+    from bench.evaluate import self_checks
     from bench.evaluate import memorisation
 
     out = Path(job.out)
     key = getattr(job, "key", None) or f"{model.name}__{data.name}__seed{job.seed}"
     fa, fb = stored_features(samples, reference, classifier, out, key)
     extra = uncertainty_rows(fa, fb, values, rows)
-    outcome.info.setdefault("checks", []).append(checks.fid_recompute_check(values["fid"], fa, fb))
+    outcome.info.setdefault("checks", []).append(self_checks.fid_recompute_check(values["fid"], fa, fb))
     train = data.train_images
     train_features = extract(classifier, train)[0]
     verdict = memorisation.copy_rate(samples, torch.from_numpy(fa), train, train_features, reference,

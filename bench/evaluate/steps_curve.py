@@ -136,7 +136,7 @@ def _own_point(headline: list[dict], steps: int, batch: int) -> list[dict]:
 
 def _measure_point(model, data, device, job, classifier, n: int, batch: int) -> tuple[float, float, int]:
     """(FID, samples/s at ``batch``, full batches timed) of one draw of ``n`` samples."""
-    from bench.evaluate import sample_quality as fidelity
+    from bench.evaluate import sample_quality
 
     labels = sample_labels(model, min(batch, 16), device)
     timed_sample(model, min(batch, 16), labels, device)  # warm-up
@@ -153,7 +153,7 @@ def _measure_point(model, data, device, job, classifier, n: int, batch: int) -> 
         if m == batch:
             times.append(time.perf_counter() - began)
         images.append(to_uint8(x.cpu()))
-    reference = fidelity.reference_images(data, model.track)
-    values, _ = fidelity.score(torch.cat(images), reference, classifier, device, cache_root=Path(job.out) / "fidelity",
-                               reference_name=fidelity.reference_name(data, model.track, reference))
+    reference = sample_quality.reference_images(data, model.track)
+    values, _ = sample_quality.score(torch.cat(images), reference, classifier, device, cache_root=Path(job.out) / "fidelity",
+                               reference_name=sample_quality.reference_name(data, model.track, reference))
     return values["fid"], batch / statistics.median(times), len(times)

@@ -52,7 +52,7 @@ def refuse_changed(out: Path, previous: dict, run: RunConfig, model_settings: di
 
 
 def classifier_check(out: Path, previous: dict | None):
-    """A check for ``fidelity.prepare_run``: the folder's models were scored by one classifier; so must the rest."""
+    """A check for ``sample_quality.prepare_run``: the folder's models were scored by one classifier; so must the rest."""
     def check(config: dict) -> None:
         before = (previous or {}).get("classifier_weights_digest")
         now = config.get("classifier_weights_digest")

@@ -19,7 +19,7 @@ import torch
 from bench.evaluate.metrics import row
 from bench.instruments.memory import PhasePeak
 from bench.train import checkpoints
-from bench.evaluate import measurements as evaluation
+from bench.evaluate import measurements
 from bench.config import environment
 from bench.config.budgets import parse_budget
 from bench.train.checkpoints import CheckpointError
@@ -176,8 +176,8 @@ def _peak_memory_row(rows: list[dict]) -> dict:
 
 def _evaluate(model, data, x_test, device, job: Job, outcome: JobOutcome) -> list[dict]:
     """The registered measurements (bench.evaluate.measurements), in order, on the trained model."""
-    context = evaluation.Context(model, data, x_test, device, job, outcome)
-    return evaluation.evaluate(context, reseed=lambda: seed_everything(job.seed))
+    context = measurements.Context(model, data, x_test, device, job, outcome)
+    return measurements.evaluate(context, reseed=lambda: seed_everything(job.seed))
 
 
 def param_count(model) -> int:
