@@ -10,25 +10,20 @@ import argparse
 import sys
 
 from bench.config.errors import UserError
-
-
-def _csv_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+from bench.config.run_config import cli_options, csv_list
 
 
 RUN_HELP_MODELS = "comma-separated model names (see `list`)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bench.config.run_config import cli_options
-
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train and evaluate models, write results/<run>/")
     which = run.add_mutually_exclusive_group()
     which.add_argument("--all", action="store_true", help="every registered model")
-    which.add_argument("--models", type=_csv_list, help=RUN_HELP_MODELS)
+    which.add_argument("--models", type=csv_list, help=RUN_HELP_MODELS)
     for flag, options in cli_options():  # one per RunConfig setting (bench.config.run_config)
         run.add_argument(flag, **options)
     run.add_argument("--config", metavar="FILE.yaml",
@@ -44,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--eval-size", type=int, default=None, help="test images scored for likelihood")
     evaluate.add_argument("--throughput-cap", type=float, default=None,
                           help="skip a sampling batch size projected past this many seconds")
-    evaluate.add_argument("--models", type=_csv_list, default=None, help="only these models (default: all)")
+    evaluate.add_argument("--models", type=csv_list, default=None, help="only these models (default: all)")
     evaluate.add_argument("--sampler-args", action="append", default=[], metavar="MODEL:KEY=VALUE[,KEY=VALUE]",
                           help="another sampler setting for a trained model, e.g. ddpm:sampling_steps=100,sampler=ddim "
                                "(only the settings a model declares as its sampler's; repeatable)")
@@ -85,9 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--out", required=True, help="results/baselines/<name>.json")
 
     scaling = sub.add_parser("scaling", help="sampling cost against image size (8x8, 14x14, 28x28)")
-    scaling.add_argument("--models", type=_csv_list, default=None, help="default: every model")
-    scaling.add_argument("--sizes", type=lambda t: [int(s) for s in _csv_list(t)], default=[8, 14, 28])
-    scaling.add_argument("--batch", type=lambda t: [int(s) for s in _csv_list(t)], default=[1, 1024],
+    scaling.add_argument("--models", type=csv_list, default=None, help="default: every model")
+    scaling.add_argument("--sizes", type=lambda t: [int(s) for s in csv_list(t)], default=[8, 14, 28])
+    scaling.add_argument("--batch", type=lambda t: [int(s) for s in csv_list(t)], default=[1, 1024],
                          help="samples per call, comma-separated (default 1,1024: the latency of one sample, "
                               "where a sampler's sequential depth shows, and throughput, where its total work shows)")
     scaling.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -161,21 +156,8 @@ def cmd_run(args) -> int:
     from bench.config.run_config import from_cli
     from bench.suite import run_suite
 
-    if not args.all and not args.models:
-        raise UserError("say which models to run: --all, or --models NAME[,NAME...] (see `python -m bench list`)")
-    out, outcomes = run_suite(from_cli(args))
+    out, outcomes = run_suite(from_cli(args))  # RunConfig.check names what cannot run
     return _finished(out, outcomes)
-
-
-def _check_executor(args) -> None:
-    from bench.run import executors
-
-    if args.executor not in executors.names():
-        raise UserError(f"unknown executor {args.executor!r}; known executors: {', '.join(executors.names())}")
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
-    if args.ray_address and args.executor != "ray":
-        raise UserError("--ray-address needs --executor ray")
 
 
 def _finished(out, outcomes) -> int:
@@ -189,13 +171,12 @@ def _finished(out, outcomes) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from bench.config.run_config import check_sample_counts
+    from bench.run import executors
     from bench.suite import evaluate_run
 
-    if args.fid_samples is not None and args.fid_samples < 2:
-        raise UserError("--fid-samples must be at least 2")
-    if args.eval_size is not None and args.eval_size < 1:
-        raise UserError("--eval-size must be a positive number of test images")
-    _check_executor(args)
+    check_sample_counts(args.fid_samples, args.eval_size)
+    executors.check_options(args.executor, args.workers, args.ray_address)
     out, outcomes = evaluate_run(args.run_dir, fidelity_samples=args.fid_samples, eval_size=args.eval_size,
                                  throughput_cap_s=args.throughput_cap, models_=args.models,
                                  sampler_args=args.sampler_args,

@@ -53,9 +53,8 @@ def run_suite(run: RunConfig) -> tuple[Path, list[dict]]:
     holding the folder's lock (``bench.run.folder_lock``): a second driver on the same folder is refused."""
     from bench.config.model_settings import resolve_model_args
 
-    run.check()  # a malformed budget, interval or executor option fails before any work starts
-    if run.executor not in executors.names():
-        raise UserError(f"unknown executor {run.executor!r}; known executors: {', '.join(executors.names())}")
+    run.check()  # a malformed budget, interval or sample count fails before any work starts
+    executors.check_options(run.executor, run.workers, run.ray_address)
     resolve_models(list(run.models), run_all=False)
     model_settings = resolve_model_args(run.model_args, list(run.models))
     torch_device = resolve_device(run.device)
@@ -76,19 +75,20 @@ def run_suite(run: RunConfig) -> tuple[Path, list[dict]]:
                 if model in model_settings:
                     model_settings[model].update(settings)
             resume.refuse_changed(out, previous, run, model_settings)
-        jobs = [Job(model_name, run.dataset, seed, run.budget, run.device, str(out), run.data_root, run.progress,
-                    run.throughput_cap_s, run.fidelity_samples, run.eval_size, early_stopping=run.early_stopping,
-                    model_args=run.model_args.get(model_name, {}), checkpoint_every=run.checkpoint_every,
-                    sampler_args=(previous or {}).get("sampler_args", {}).get(model_name, {}))
-                for model_name in run.models for seed in run.seeds]
-        if previous:  # the run grows by this invocation's models, seeds and settings
+        asked = run  # this invocation's jobs; the folder's run grows by them
+        if previous:
             run = run.replace(models=tuple(resume.merged_list(previous.get("models"), run.models)),
                               seeds=tuple(resume.merged_list(previous.get("seeds"), run.seeds)),
                               model_args={**previous.get("model_args", {}), **run.model_args})
         config = _config_json(run, data, torch_device, model_settings, previous)
         _prepare_shared(config, data, torch_device, out, run.progress, check=resume.classifier_check(out, previous))
-        jobs = [replace(job, classifier_file=config.get("classifier_path"),
-                        classifier_digest=config.get("classifier_weights_digest")) for job in jobs]
+        jobs = [Job(model_name, run.dataset, seed, run.budget, run.device, str(out), run.data_root, run.progress,
+                    run.throughput_cap_s, run.fidelity_samples, run.eval_size, early_stopping=run.early_stopping,
+                    model_args=asked.model_args.get(model_name, {}), checkpoint_every=run.checkpoint_every,
+                    sampler_args=config.get("sampler_args", {}).get(model_name, {}),
+                    classifier_file=config.get("classifier_path"),
+                    classifier_digest=config.get("classifier_weights_digest"))
+                for model_name in asked.models for seed in asked.seeds]
         _warn_if_oversubscribed(run.budget, run.workers if run.executor == "local" and run.isolate else 1)
         plan = resume.plan(jobs)
         if previous:

@@ -9,7 +9,7 @@ import bench.api as gb
 from bench.cli import _apply_config_file, build_parser
 from bench.config.errors import UserError
 from bench.config.run_config import RunConfig, from_cli
-from bench.run import resume
+from bench.run import executors, resume
 
 
 def cli_config(argv: list[str]) -> RunConfig:
@@ -99,12 +99,29 @@ def test_how_a_run_goes_is_not_compared():
     ({"eval_size": 0}, "--eval-size must be a positive"),
     ({"budget": "lots"}, "malformed budget"),
     ({"checkpoint_every": "3epochs"}, "--checkpoint-every takes a time or a step count"),
-    ({"workers": 0}, "--workers must be at least 1"),
-    ({"ray_address": "auto"}, "--ray-address needs --executor ray"),
+    ({"models": ()}, "say which models to run: --all, or --models"),
 ])
 def test_impossible_settings_are_refused_with_the_fix(settings, words):
     with pytest.raises(UserError, match=words):
-        RunConfig(models=("fvsbn",), **settings).check()
+        RunConfig(**{"models": ("fvsbn",), **settings}).check()
+
+
+def test_a_run_without_models_exits_2_naming_the_fix(capsys):
+    from bench.cli import main
+
+    assert main(["run", "--budget", "smoke"]) == 2
+    assert "say which models to run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"executor": "slurm"}, "unknown executor 'slurm'"),
+    ({"workers": 0}, "--workers must be at least 1"),
+    ({"ray_address": "auto"}, "--ray-address needs --executor ray"),
+])
+def test_impossible_executor_options_are_refused_with_the_fix(settings, words):
+    run = RunConfig(models=("fvsbn",), **settings)
+    with pytest.raises(UserError, match=words):
+        executors.check_options(run.executor, run.workers, run.ray_address)
 
 
 def test_an_unknown_setting_is_named():

@@ -32,13 +32,14 @@ def setting(default=None, *, help: str, flag: str | None = None, compared: str |
     return field(default=default, metadata=metadata)
 
 
-def _csv(text: str) -> list[str]:
+def csv_list(text: str) -> list[str]:
+    """``a, b,c`` -> [a, b, c]: how every comma-separated option is read."""
     return [part.strip() for part in str(text).split(",") if part.strip()]
 
 
 def _seeds(text: str) -> list[int]:
     try:
-        return [int(s) for s in _csv(text)]
+        return [int(s) for s in csv_list(text)]
     except ValueError:
         raise UserError(f"--seeds {text!r}: give comma-separated integers, e.g. 0,1,2") from None
 
@@ -94,7 +95,7 @@ class RunConfig:
     def __post_init__(self):
         # one spelling of each value, whichever front end built it: tuples for lists, plain types for numbers
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen)
-        set_("models", tuple(_csv(self.models) if isinstance(self.models, str) else self.models))
+        set_("models", tuple(csv_list(self.models) if isinstance(self.models, str) else self.models))
         seeds = self.seeds
         set_("seeds", tuple(_seeds(seeds) if isinstance(seeds, str) else [seeds] if isinstance(seeds, int) else seeds))
         set_("model_args", {m: dict(s) for m, s in (self.model_args or {}).items()})
@@ -132,14 +133,12 @@ class RunConfig:
 
     # --- checking and resolving ----------------------------------------------------------------
     def check(self) -> None:
-        """Refuse, before any work starts, what cannot run: named, with the fix."""
+        """Refuse, before any work starts, what cannot run: named, with the fix (the executor's options are
+        checked by ``bench.run.executors.check_options``)."""
         parse_budget(self.budget)  # a malformed budget
         if not self.models:
             raise UserError("say which models to run: --all, or --models NAME[,NAME...] (see `python -m bench list`)")
-        if self.fidelity_samples is not None and self.fidelity_samples < 2:
-            raise UserError("--fid-samples must be at least 2")
-        if self.eval_size is not None and self.eval_size < 1:
-            raise UserError("--eval-size must be a positive number of test images")
+        check_sample_counts(self.fidelity_samples, self.eval_size)
         if not self.seeds:
             raise UserError("--seeds needs at least one seed, e.g. 0 or 0,1,2")
         if self.checkpoint_every:
@@ -147,10 +146,6 @@ class RunConfig:
             if spec.kind not in ("seconds", "steps"):
                 raise UserError(f"--checkpoint-every takes a time or a step count, such as 300s, 10min or 500steps; "
                                 f"got {self.checkpoint_every!r}")
-        if self.workers < 1:
-            raise UserError(f"--workers must be at least 1, got {self.workers}")
-        if self.ray_address and self.executor != "ray":
-            raise UserError("--ray-address needs --executor ray")
 
     def resolved(self, test_size: int, device: str) -> "RunConfig":
         """The defaults filled from the budget and the dataset's test split, and the device resolved."""
@@ -169,6 +164,14 @@ class RunConfig:
         mine, theirs = self.to_json(), other.to_json()
         return [f"{f.metadata['compared']} is {mine[f.name]!r} in the folder, {theirs[f.name]!r} now"
                 for f in dataclasses.fields(self) if f.metadata["compared"] and mine[f.name] != theirs[f.name]]
+
+
+def check_sample_counts(fidelity_samples: int | None, eval_size: int | None) -> None:
+    """The evaluation's sample counts, as ``run`` and ``evaluate`` take them."""
+    if fidelity_samples is not None and fidelity_samples < 2:
+        raise UserError("--fid-samples must be at least 2")
+    if eval_size is not None and eval_size < 1:
+        raise UserError("--eval-size must be a positive number of test images")
 
 
 def _seeds_flag(text: str) -> list[int]:

@@ -23,6 +23,16 @@ def register_executor(name: str, target: str) -> None:
     EXECUTORS[name] = target
 
 
+def check_options(name: str, workers: int, address: str | None) -> None:
+    """Refuse, before any work starts, an executor option that cannot run (``run`` and ``evaluate`` alike)."""
+    if name not in EXECUTORS:
+        raise UserError(f"unknown executor {name!r}; known executors: {', '.join(names())}")
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    if address and name != "ray":
+        raise UserError("--ray-address needs --executor ray")
+
+
 def create(name: str, **options):
     """The executor called ``name``, built with ``options`` (workers, device, address, ...)."""
     if name not in EXECUTORS:
