@@ -152,7 +152,10 @@ def test_evaluate_measures_again_without_training(tmp_path, uninterrupted):
     (archived,) = (out / "history").iterdir()
     old = pd.read_csv(archived / "metrics.csv")
     assert old[(old["metric"] == "fid") & (old["model"] != "data")]["note"].str.startswith("200 samples").all()
-    assert json.loads((out / "config.json").read_text())["fidelity_samples"] == 150
+    config = json.loads((out / "config.json").read_text())
+    assert config["fidelity_samples"] == 150
+    # the run's configuration from now on: a later `bench run` on the folder compares against 150 samples
+    assert config["run_config"]["fidelity_samples"] == 150
 
 
 def test_a_changed_budget_in_a_run_folder_is_refused_and_names_the_difference(tmp_path, uninterrupted):

@@ -127,3 +127,13 @@ def test_impossible_executor_options_are_refused_with_the_fix(settings, words):
 def test_an_unknown_setting_is_named():
     with pytest.raises(UserError, match="unknown run setting fid_samples"):
         gb.config(["fvsbn"], fid_samples=10)
+
+
+def test_malformed_seeds_exit_2_naming_the_flag(capsys):
+    from bench.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "--models", "fvsbn", "--seeds", "a,b"])
+    assert stop.value.code == 2
+    assert "--seeds: give comma-separated integers" in capsys.readouterr().err
+

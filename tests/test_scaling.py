@@ -154,3 +154,8 @@ def test_report_gains_a_scaling_section_when_the_run_has_one(tmp_path):
     assert "ddpm at 28x28: projected 99s" in md
     assert "autoregressive: D sequential conditionals" in md
     assert (tmp_path / "plots" / "scaling.png").exists()
+    # scaling.md is the report's own section, rendered once
+    study = report.render_study(tmp_path)
+    assert (tmp_path / "scaling.md").read_text() == study
+    section = md[md.index("## Sampling cost against image size"):]
+    assert section.startswith(study.rstrip("\n"))
