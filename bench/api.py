@@ -26,14 +26,16 @@ def run(models: str | list[str] | RunConfig = "all", progress: bool = False, sca
         **settings) -> pd.DataFrame:
     """Run a suite and return its tidy metrics table; ``df.attrs["run_dir"]`` is the run folder.
 
-    ``models`` is ``"all"``, a list of registered names, or a whole ``RunConfig``; ``settings`` are
-    ``RunConfig``'s fields (``dataset``, ``budget``, ``seeds``, ``device``, ``out``, ``fidelity_samples``,
+    ``models`` is ``"all"`` (every model that can model the dataset: as with ``--all``, those whose track it
+    lacks are skipped and listed in ``config.json``), a list of registered names, or a whole ``RunConfig``;
+    ``settings`` are ``RunConfig``'s fields (``dataset``, ``budget``, ``seeds``, ``device``, ``out``, ``fidelity_samples``,
     ``eval_size``, ``throughput_cap_s``, ``isolate``, ``executor``, ``workers``, ``fresh``, ...). Unlike the
     command line, progress bars and the scaling study are off unless asked for. Like the command line, an
     ``out`` that already holds a run resumes it, and one that another driver holds is refused."""
     from bench.suite import run_suite
 
-    folder, _ = run_suite(config(models, progress=progress, scaling=scaling, **settings))
+    every = isinstance(models, str) and models == "all"  # as --all: models the dataset cannot feed are skipped
+    folder, _ = run_suite(config(models, progress=progress, scaling=scaling, **settings), skip_unsupported=every)
     metrics = load(folder).metrics
     metrics.attrs["run_dir"] = str(folder)
     return metrics

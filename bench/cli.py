@@ -156,7 +156,8 @@ def cmd_run(args) -> int:
     from bench.config.run_config import from_cli
     from bench.suite import run_suite
 
-    out, outcomes = run_suite(from_cli(args))  # RunConfig.check names what cannot run
+    # --all: every model that can model the dataset (the others are listed as skipped); --models: exactly those
+    out, outcomes = run_suite(from_cli(args), skip_unsupported=bool(args.all))  # RunConfig.check names what cannot run
     return _finished(out, outcomes)
 
 
@@ -191,10 +192,11 @@ def cmd_list(_args) -> int:
     from bench.data.datasets import dataset_summaries
 
     print("models:")
-    print(f"  {'name':<12} {'family':<15} {'likelihood':<11} {'track':<7} conditional")
+    width = max(12, *(len(name) for name in models.names()))
+    print(f"  {'name':<{width}} {'family':<15} {'likelihood':<11} {'track':<7} conditional")
     for name in models.names():
         cls = models.model_class(name)
-        print(f"  {name:<12} {cls.family:<15} {cls.likelihood or '-':<11} {cls.track:<7} "
+        print(f"  {name:<{width}} {cls.family:<15} {cls.likelihood or '-':<11} {cls.track:<7} "
               f"{'yes' if cls.conditional else 'no'}")
     print("datasets:")
     for name, summary in dataset_summaries().items():
@@ -258,7 +260,8 @@ def cmd_classifier(args) -> int:
     print(f"classifier: {out} (dataset {data.name}, {classifier.DEFAULT_SPEC.steps_for(len(data.train_images))} "
           f"steps on the CPU, one thread, {seconds}s)")
     print(f"  weights digest {payload['weights_digest']}; file SHA-256 {classifier.file_sha256(out)}")
-    print(f"  test accuracy {payload['test_accuracy']:.4f} (binarized {payload['test_accuracy_binarized']:.4f})")
+    binarized = payload["test_accuracy_binarized"]  # None: the dataset has no binary track
+    print(f"  test accuracy {payload['test_accuracy']:.4f}" + (f" (binarized {binarized:.4f})" if binarized is not None else ""))
     if data.name in classifier.PINNED:
         pinned = classifier.PINNED[data.name]
         try:

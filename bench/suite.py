@@ -34,23 +34,50 @@ def resolve_models(names: list[str] | None, run_all: bool) -> list[str]:
     return names
 
 
-def check_tracks(model_names: list[str], data) -> None:
+def split_by_track(model_names: list[str], data) -> tuple[list[str], dict[str, str]]:
+    """(the models whose track the dataset offers, {model: why not} for the others)."""
     import models
 
+    runnable, skipped = [], {}
     for name in model_names:
         track = models.model_class(name).track
-        if track == "8bit" and data.test_binary is not None:
-            raise UserError(f"model {name!r} needs the 8bit track, which dataset {data.name!r} does not have; "
-                            f"drop it from --models or use --dataset mnist5k or mnist")
+        if track in data.tracks:
+            runnable.append(name)
+        else:
+            skipped[name] = f"a {track}-track model; {data.name} offers only the {' and '.join(data.tracks)} track"
+    return runnable, skipped
+
+
+def check_tracks(model_names: list[str], data, skip: bool = False) -> tuple[list[str], dict[str, str]]:
+    """The models to run and the skipped ones with their reasons. A model whose track the dataset lacks is
+    skipped with ``skip`` (``--all``: every model that can model the data) and refused otherwise (named with
+    ``--models``)."""
+    import models
+
+    runnable, skipped = split_by_track(model_names, data)
+    if skipped and not skip:
+        many = len(skipped) > 1
+        tracks = " and ".join(sorted({models.model_class(name).track for name in skipped}))
+        raise UserError(f"model{'s' if many else ''} {', '.join(skipped)} need{'' if many else 's'} the {tracks} "
+                        f"track, which dataset {data.name!r} does not have (it offers only {', '.join(data.tracks)}): "
+                        f"drop {'them' if many else 'it'} from --models (--all skips such models) or use --dataset "
+                        f"mnist5k or mnist")
+    if not runnable:
+        raise UserError(f"no model of this run can model dataset {data.name!r} (it offers only the "
+                        f"{', '.join(data.tracks)} track): {'; '.join(f'{m}: {r}' for m, r in skipped.items())}")
+    return runnable, skipped
 
 
 class RunInterrupted(Exception):
     """The driver was asked to stop (Ctrl-C, SIGTERM); every finished job is on disk and the tables say so."""
 
 
-def run_suite(run: RunConfig) -> tuple[Path, list[dict]]:
+def run_suite(run: RunConfig, skip_unsupported: bool = False) -> tuple[Path, list[dict]]:
     """Run every (model, seed) job of ``run`` not already finished in its folder, through the chosen executor,
-    holding the folder's lock (``bench.run.folder_lock``): a second driver on the same folder is refused."""
+    holding the folder's lock (``bench.run.folder_lock``): a second driver on the same folder is refused.
+
+    ``skip_unsupported`` (``--all``, ``api.run("all")``): a model whose track the dataset lacks is left out,
+    printed, and listed under ``skipped`` in ``config.json`` with the reason, instead of refusing the run."""
     from bench.config.model_settings import resolve_model_args
 
     run.check()  # a malformed budget, interval or sample count fails before any work starts
@@ -59,7 +86,12 @@ def run_suite(run: RunConfig) -> tuple[Path, list[dict]]:
     model_settings = resolve_model_args(run.model_args, list(run.models))
     torch_device = resolve_device(run.device)
     data = load_dataset(run.dataset, run.data_root)  # a missing dataset fails before any work starts
-    check_tracks(list(run.models), data)
+    runnable, skipped = check_tracks(list(run.models), data, skip=skip_unsupported)
+    if skipped:
+        run = run.replace(models=tuple(runnable))
+        model_settings = {m: s for m, s in model_settings.items() if m in runnable}
+        for name, reason in skipped.items():
+            print(f"skipped {name}: {reason}", flush=True)
     run = run.resolved(len(data.test_images), str(torch_device))
     out = Path(run.out) if run.out else paths.default_out_dir()
     if out.exists() and not out.is_dir():
@@ -81,6 +113,9 @@ def run_suite(run: RunConfig) -> tuple[Path, list[dict]]:
                               seeds=tuple(resume.merged_list(previous.get("seeds"), run.seeds)),
                               model_args={**previous.get("model_args", {}), **run.model_args})
         config = _config_json(run, data, torch_device, model_settings, previous)
+        skipped = {m: r for m, r in {**(previous or {}).get("skipped", {}), **skipped}.items() if m not in run.models}
+        if skipped:
+            config["skipped"] = skipped  # the report's Jobs section lists them
         _prepare_shared(config, data, torch_device, out, run.progress, check=resume.classifier_check(out, previous))
         jobs = [Job(model_name, run.dataset, seed, run.budget, run.device, str(out), run.data_root, run.progress,
                     run.throughput_cap_s, run.fidelity_samples, run.eval_size, early_stopping=run.early_stopping,
@@ -89,6 +124,8 @@ def run_suite(run: RunConfig) -> tuple[Path, list[dict]]:
                     classifier_file=config.get("classifier_path"),
                     classifier_digest=config.get("classifier_weights_digest"))
                 for model_name in asked.models for seed in asked.seeds]
+        if run.workers is None:  # not given: as many jobs at once as the cores (or GPUs) hold
+            run = run.replace(workers=executors.default_workers(run.executor, str(torch_device), len(jobs)))
         _warn_if_oversubscribed(run.budget, run.workers if run.executor == "local" and run.isolate else 1)
         plan = resume.plan(jobs)
         if previous:
@@ -126,6 +163,8 @@ def _config_json(run: RunConfig, data, torch_device, model_settings: dict, previ
         "model_args": run.model_args, "model_settings": {**(previous or {}).get("model_settings", {}), **model_settings},
         "classifier_file": run.classifier_file, "run_config": run.to_json(),
     }
+    if data.verified is not None:  # the files' digests were checked: the published data or not
+        config["dataset_verified"] = data.verified
     if previous:
         config.update(invocations=previous.get("invocations", []), sampler_args=previous.get("sampler_args", {}))
     return config
@@ -262,9 +301,13 @@ def _finish(out: Path, config: dict, started: float) -> None:
 def _prepare_shared(config: dict, data, device, out: Path, progress: bool, check=None) -> list[dict]:
     """Work shared by all jobs: the evaluation classifier (its accuracy goes into ``config``) and the
     ``data`` rows' outcomes (real held-out images scored as if they were samples)."""
+    from threadpoolctl import threadpool_limits
+
+    from bench.config.job import job_threads
     from bench.evaluate import sample_quality
 
-    return sample_quality.prepare_run(config, data, device, out, progress, check=check)
+    with threadpool_limits(limits=job_threads()):  # numpy's BLAS as in the jobs (bench.config.job.limit_threads)
+        return sample_quality.prepare_run(config, data, device, out, progress, check=check)
 
 
 def _scaling_study(out: Path, model_names: list[str], device, batches=None) -> None:

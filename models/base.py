@@ -32,6 +32,9 @@ class GenerativeModel(nn.Module):
     # Constructor settings that change only how samples are drawn, never training: a trained model may be
     # measured again with other values (``bench evaluate --sampler-args``).
     sampler_settings: tuple[str, ...] = ()
+    # Image height and width must be multiples of this (at the default settings; e.g. a flow that squeezes
+    # twice: 4). Any channel count C (1 grey, 3 colour). A model refuses other sides with a ValueError.
+    side_multiple: int = 1
 
     def __init__(self, image_shape=(1, 28, 28)):
         super().__init__()
@@ -106,14 +109,15 @@ class GenerativeModel(nn.Module):
 
 
 @torch.no_grad()
-def sampler_conditionals_check(model, n: int = 16, tolerance: float = 1e-5) -> dict:
-    """The autoregressive self-check: on ``n`` fresh samples (seeded), the p(x_i = 1 | x_<i) the sampler
-    drew each pixel with equal the likelihood's teacher-forced conditionals on the finished samples.
-    The model provides ``sample_with_conditionals(n, generator=...)`` and ``conditionals(x)``."""
+def sampler_conditionals_check(model, n: int = 16, tolerance: float = 1e-5, what: str = "p(x_i = 1 | x_<i)") -> dict:
+    """The autoregressive self-check: on ``n`` fresh samples (seeded), the conditionals the sampler drew each
+    pixel with (``what``: binary p(x_i = 1 | x_<i), or 8-bit tables over the 256 values) equal the
+    likelihood's teacher-forced conditionals on the finished samples. The model provides
+    ``sample_with_conditionals(n, generator=...)`` and ``conditionals(x)``, in the same layout."""
     x, used = model.sample_with_conditionals(n, generator=torch.Generator(model.device).manual_seed(0))
     gap = (model.conditionals(x) - used).abs().max().item()
     return {"check": "sampler_matches_likelihood", "passed": gap <= tolerance, "value": gap, "tolerance": tolerance,
-            "detail": f"largest gap in p(x_i = 1 | x_<i) between the sampler and a teacher-forced pass of the "
+            "detail": f"largest gap in {what} between the sampler and a teacher-forced pass of the "
                       f"likelihood, on {n} fresh samples"}
 
 

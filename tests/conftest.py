@@ -47,3 +47,47 @@ def sampler_frequency_chi2(model, n: int = 40000, seed: int = 5) -> tuple[float,
     codes = (model.sample(n).flatten(1) * torch.tensor([8.0, 4.0, 2.0, 1.0])).sum(1).long()
     freq = torch.bincount(codes, minlength=16).float() / n
     return (n * (freq - probs) ** 2 / probs).sum().item(), freq, probs
+
+
+def write_cifar10_folder(root, n_train: int = 60, n_test: int = 40, seed: int = 0, images=None) -> "Path":
+    """A folder in CIFAR-10's own format under ``root``: five training batches of ``n_train`` images, a test
+    batch of ``n_test`` and batches.meta (pickles with bytes keys, N x 3072 uint8 channel-major rows).
+
+    Each image says what it is: its red plane is 25 x its label, its green plane 7 x the row, its blue
+    plane 7 x the column (so the channel order and the layout can be checked). ``images(n, labels, rng)``
+    may draw other N x 3 x 32 x 32 uint8 images."""
+    import pickle
+
+    import numpy as np
+
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+
+    def structured(n, labels, rng):
+        x = np.empty((n, 3, 32, 32), dtype=np.uint8)
+        x[:, 0] = (25 * labels)[:, None, None]
+        x[:, 1] = (7 * np.arange(32))[None, :, None]
+        x[:, 2] = (7 * np.arange(32))[None, None, :]
+        return x
+
+    draw = images or structured
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for i, name in enumerate(names):
+        n = n_test if name == "test_batch" else n_train
+        labels = (np.arange(n) + i) % 10
+        data = draw(n, labels, rng).reshape(n, 3072)
+        entry = {b"batch_label": name.encode(), b"labels": labels.tolist(), b"data": data,
+                 b"filenames": [f"{name}_{j}.png".encode() for j in range(n)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"class{i}".encode() for i in range(10)], b"num_cases_per_batch": n_train,
+                     b"num_vis": 3072}, f, protocol=2)
+    return Path(root)
+
+
+@pytest.fixture
+def cifar10_root(tmp_path, isolated_cache):
+    """A small CIFAR-10-format folder (5 x 60 training, 40 test images) under a data root."""
+    return write_cifar10_folder(tmp_path / "data")

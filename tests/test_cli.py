@@ -52,6 +52,25 @@ def test_smoke_suite_end_to_end(smoke_run):
     assert config["dataset"] == "mnist5k" and config["budget"] == "smoke" and "torch" in config["versions"]
     # smoke evaluates on a 200-image subset (CI minutes); the config says so
     assert config["eval_size"] == 200 and config["fidelity_samples"] == 200
+    from bench.run import executors
+    assert config["executor"]["workers"] == executors.default_workers("local", "cpu", 4)  # --workers not given
+
+
+def test_jobs_table_says_where_each_jobs_time_went(smoke_run):
+    """Training and evaluation are timed apart, each measurement within evaluation, all within the job's wall."""
+    _, out = smoke_run
+    jobs = pd.read_csv(out / "jobs.csv").set_index("model")
+    for model in ["fvsbn", "realnvp", "vae-z2", "cgan"]:
+        job = jobs.loc[model]
+        assert 0 < job.training_s and 0 < job.evaluation_s
+        assert job.training_s + job.evaluation_s <= job.wall_seconds
+        outcome = json.loads((out / "jobs" / f"{model}__mnist5k__seed0.json").read_text())
+        seconds = outcome["info"]["evaluation_seconds"]
+        assert {"throughput", "sample quality", "checks"} <= set(seconds)
+        assert ("likelihood" in seconds) == (model != "cgan")  # only what applies is measured (and timed)
+        assert sum(seconds.values()) <= job.evaluation_s + 0.05
+        slowest = max(seconds, key=seconds.get)
+        assert job.slowest_measurements.startswith(f"{slowest} {seconds[slowest]:.1f} s")
 
 
 def test_unknown_model_exits_2_naming_the_known_models(capsys):

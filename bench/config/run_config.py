@@ -79,8 +79,10 @@ class RunConfig:
                             help="skip the sampling-cost scaling study (untrained models at 8x8, 14x14, 28x28)")
     executor: str = setting("local", help="local (worker processes on this machine; the default) or ray (tasks on "
                                           "a Ray cluster)")
-    workers: int = setting(1, help="jobs at once (local: worker processes, on GPUs one per device; ray: tasks in "
-                                   "flight)")
+    workers: int | None = setting(None,
+                                  help="jobs at once (local: worker processes, on GPUs one per device; ray: tasks in "
+                                       "flight). Default: locally, as many as the cores hold jobs of $GENBENCH_THREADS "
+                                       "threads (1), one per GPU on CUDA; ray: 1")
     ray_address: str | None = setting(None, help="an existing Ray cluster (e.g. 10.0.0.5:6379, or auto); default: "
                                                  "a local cluster started for the run (--executor ray)")
     isolate: bool = setting(True, flag="--in-process", action="store_false",

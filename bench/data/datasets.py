@@ -1,7 +1,7 @@
 """Datasets and data tracks.
 
-Every dataset is loaded into memory as uint8 images (N x 1 x H x W, values 0..255) with labels, split
-three ways, the same for every model:
+Every dataset is loaded into memory as uint8 images (N x C x H x W, values 0..255; C = 1 grey, 3 colour
+for cifar10) with labels, split three ways, the same for every model:
 
 - ``train``: what the models and the evaluation classifier train on, nothing else;
 - ``valid``: carved from the original training images (or the dataset's own validation file); used for
@@ -12,7 +12,7 @@ three ways, the same for every model:
 Sizes (``SPLIT_SIZES``, shown by ``bench list``): mnist5k 3,000 / 1,000 / 1,000 (validation as large as
 the test split, so the data row's FID is at the models' sample count); digits 1,077 / 360 / 360; mnist and
 fashion-mnist 50,000 / 10,000 (the last 10,000 training images) / 10,000; binarized-mnist 50,000 / 10,000
-(its own validation file) / 10,000.
+(its own validation file) / 10,000; cifar10 45,000 / 5,000 (10% of the training batches, stratified) / 10,000.
 
 A *track* is the representation a model sees (docs/design.md, "Data tracks"):
 
@@ -20,11 +20,15 @@ A *track* is the representation a model sees (docs/design.md, "Data tracks"):
   the test split uses one fixed binarization (a seeded draw, or the Larochelle file for
   ``binarized-mnist``), so every model is scored on the same bits.
 - ``8bit``: integer pixels 0..255 as floats; continuous models dequantize them themselves.
+
+A dataset offers the tracks in ``ImageDataset.tracks``: both, except binarized-mnist (``binary`` only: its
+pixels are bits) and cifar10 (``8bit`` only: colour has no binary track).
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +43,15 @@ from bench.config.paths import cache_dir, data_root
 TEST_BINARIZATION_SEED = 1234
 VALID_BINARIZATION_SEED = 4321
 SPLIT_SIZES = {"mnist5k": (3000, 1000, 1000), "digits": (1077, 360, 360), "mnist": (50000, 10000, 10000),
-               "fashion-mnist": (50000, 10000, 10000), "binarized-mnist": (50000, 10000, 10000)}
+               "fashion-mnist": (50000, 10000, 10000), "binarized-mnist": (50000, 10000, 10000),
+               "cifar10": (45000, 5000, 10000)}
+TRACKS = ("binary", "8bit")
 
 
 @dataclass
 class ImageDataset:
     name: str
-    train_images: torch.Tensor  # uint8, N x 1 x H x W
+    train_images: torch.Tensor  # uint8, N x C x H x W
     train_labels: torch.Tensor  # int64, -1 where unknown
     test_images: torch.Tensor
     test_labels: torch.Tensor
@@ -55,6 +61,10 @@ class ImageDataset:
     valid_images: torch.Tensor | None = None  # carved from the training images (never trained on)
     valid_labels: torch.Tensor | None = None
     valid_binary: torch.Tensor | None = None  # binarized-mnist: its own validation file
+    tracks: tuple[str, ...] = TRACKS  # the tracks it offers (binarized-mnist: binary; cifar10: 8bit)
+    # True: its files match the published digests; False: a folder in the format that is not the published
+    # data (its description says so); None: not checked (embedded data, or torchvision's loader)
+    verified: bool | None = None
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -70,31 +80,34 @@ class ImageDataset:
         c, h, w = self.image_shape
         return c * h * w
 
+    def check_track(self, track: str) -> None:
+        """UserError unless the dataset offers ``track``."""
+        if track not in TRACKS:
+            raise UserError(f"unknown track {track!r}; known tracks: {', '.join(TRACKS)}")
+        if track not in self.tracks:
+            raise UserError(f"dataset {self.name!r} has no {track} track (it offers only {', '.join(self.tracks)}); "
+                            f"use mnist5k or mnist, which offer both, for {track} models")
+
     def test_split(self, track: str) -> torch.Tensor:
         """The test images in the track's representation, identical for every model."""
+        self.check_track(track)
         if track == "binary":
             if self.test_binary is not None:
                 return self.test_binary.float()
             generator = torch.Generator().manual_seed(TEST_BINARIZATION_SEED)
             return torch.bernoulli(self.test_images.float() / 255.0, generator=generator)
-        if track == "8bit":
-            if self.test_binary is not None:
-                raise UserError(f"dataset {self.name!r} is binary only: it has no 8bit track; "
-                                f"use mnist or mnist5k for 8bit models")
-            return self.test_images.float()
-        raise UserError(f"unknown track {track!r}; known tracks: binary, 8bit")
+        return self.test_images.float()
 
     def valid_split(self, track: str) -> torch.Tensor:
         """The validation images in the track's representation (binary: one fixed, seeded binarization)."""
         if self.valid_images is None:
             raise UserError(f"dataset {self.name!r} has no validation split")
+        self.check_track(track)
         if track == "binary":
             if self.valid_binary is not None:
                 return self.valid_binary.float()
             generator = torch.Generator().manual_seed(VALID_BINARIZATION_SEED)
             return torch.bernoulli(self.valid_images.float() / 255.0, generator=generator)
-        if self.valid_binary is not None:
-            raise UserError(f"dataset {self.name!r} is binary only: it has no 8bit track")
         return self.valid_images.float()
 
 
@@ -302,4 +315,106 @@ def load_binarized_mnist(root: Path) -> ImageDataset:
     return ImageDataset("binarized-mnist", train, no_labels(len(train)), test, no_labels(len(test)),
                         f"Larochelle & Murray binarized MNIST: {split_summary('binarized-mnist')}, fixed binarization",
                         test_binary=test // 255, num_classes=0, valid_images=valid, valid_labels=no_labels(len(valid)),
-                        valid_binary=valid // 255)
+                        valid_binary=valid // 255, tracks=("binary",))
+
+
+# --- CIFAR-10, read from torchvision's folder layout -------------------------------------------------
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_TRAIN = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5")
+CIFAR10_TEST = "test_batch"
+CIFAR10_META = "batches.meta"
+# The published MD5 digests (torchvision.datasets.CIFAR10's train_list and test_list).
+CIFAR10_MD5 = {"data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+               "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
+               "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e"}
+CIFAR10_VALID_FRACTION = 0.1  # 5,000 of the 50,000 training images
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts of numpy arrays, lists and strings, and nothing else: a file in a data folder must
+    not run code. (The CIFAR-10 batches are Python 2 pickles of numpy arrays.)"""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+               *((f"numpy.{core}.{module}", name) for core in ("core", "_core")
+                 for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"),
+                                      ("numeric", "_frombuffer")))}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _cifar_file(path: Path, keys: tuple[str, ...]) -> dict:
+    """One CIFAR-10 pickle as a dict with str keys; DatasetError naming the file if it is not one."""
+    fix = (f"replace it with the original file from cifar-10-python.tar.gz (put the folder {CIFAR10_FOLDER}/ "
+           f"under --data-root or BENCH_DATA_ROOT)")
+    try:
+        with open(path, "rb") as f:
+            entry = _ArrayUnpickler(f, encoding="latin1").load()
+    except Exception as exc:  # truncated, not a pickle, or foreign objects inside
+        raise DatasetError(f"cifar10: {path} is not a readable CIFAR-10 pickle ({type(exc).__name__}: {exc}); "
+                           f"{fix}") from None
+    entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()} \
+        if isinstance(entry, dict) else {}
+    missing = [k for k in keys if k not in entry]
+    if missing:
+        raise DatasetError(f"cifar10: {path} has no {', '.join(missing)} entry (not a CIFAR-10 batch); {fix}")
+    if "data" in keys:
+        data, labels = np.asarray(entry["data"]), np.asarray(entry["labels"])
+        pixels_ok = data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3 * 32 * 32
+        labels_ok = (labels.shape == (len(data),) and np.issubdtype(labels.dtype, np.integer)
+                     and (labels.size == 0 or (labels.min() >= 0 and labels.max() <= 9)))
+        if not (pixels_ok and labels_ok):
+            raise DatasetError(f"cifar10: {path} holds data {data.dtype} {data.shape} and {labels.shape[0]} labels, "
+                               f"not N x 3072 uint8 pixels with N labels in 0..9; {fix}")
+        entry["data"], entry["labels"] = data, labels.astype(np.int64)
+    return entry
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@register_dataset("cifar10", "CIFAR-10 colour 3x32x32, " + split_summary("cifar10") + " (validation stratified from "
+                  "the training batches; 8bit track only; torchvision's cifar-10-batches-py/ under the data root)")
+def load_cifar10(root: Path) -> ImageDataset:
+    """The pickles read here (not by torchvision's CIFAR10, which refuses any folder whose MD5s differ). Each
+    file's MD5 is compared with the published one: all equal, it is the real CIFAR-10; else a folder in its
+    format, labelled as not the real data (``verified`` False), split in the same proportions."""
+    folder = root / CIFAR10_FOLDER
+    names = (*CIFAR10_TRAIN, CIFAR10_TEST, CIFAR10_META)
+    for name in names:
+        if not (folder / name).is_file():
+            raise DatasetError(f"cifar10: missing {folder / name}; extract cifar-10-python.tar.gz so that "
+                               f"{CIFAR10_FOLDER}/ (data_batch_1..5, test_batch, batches.meta) lies under the data "
+                               f"root, or point --data-root / BENCH_DATA_ROOT at the folder holding it")
+    differ = [name for name in CIFAR10_MD5 if _md5(folder / name) != CIFAR10_MD5[name]]
+    batches = [_cifar_file(folder / name, ("data", "labels")) for name in (*CIFAR10_TRAIN, CIFAR10_TEST)]
+    label_names = _cifar_file(folder / CIFAR10_META, ("label_names",))["label_names"]
+    if len(label_names) != 10:
+        raise DatasetError(f"cifar10: {folder / CIFAR10_META} names {len(label_names)} classes, not 10; replace it "
+                           f"with the original file from cifar-10-python.tar.gz")
+    images = lambda parts: torch.from_numpy(np.concatenate([b["data"] for b in parts]).reshape(-1, 3, 32, 32))  # noqa: E731
+    labels = lambda parts: torch.from_numpy(np.concatenate([b["labels"] for b in parts]))  # noqa: E731
+    train, test = batches[:-1], batches[-1:]
+    n_train, n_test = sum(len(b["data"]) for b in train), len(test[0]["data"])
+    n_valid = round(CIFAR10_VALID_FRACTION * n_train)
+    sizes = f"{n_train - n_valid:,} train / {n_valid:,} validation (10% of the training batches, stratified, " \
+            f"seed 0) / {n_test:,} test"
+    if differ:
+        description = (f"NOT the real CIFAR-10: a folder in its format ({folder}) whose {', '.join(differ)} differ "
+                       f"from the published MD5 digests; {sizes}")
+    else:
+        description = f"CIFAR-10 (every file matches its published MD5 digest): {sizes}"
+    data = ImageDataset("cifar10", images(train), labels(train), images(test), labels(test), description,
+                        tracks=("8bit",), verified=not differ)
+    try:
+        return carve_validation(data, n_valid)
+    except ValueError as exc:  # too few images of a class to stratify
+        raise DatasetError(f"cifar10: {folder} holds too few training images ({n_train}) for a stratified 10% "
+                           f"validation split ({exc}); add images (at least 2 of each class and 100 in all)") from None

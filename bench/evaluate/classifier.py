@@ -21,7 +21,9 @@ The classifier trains on the training split only (``data.train_images``: never t
 whose images are the ``data`` row's held-out samples, nor the test split, the reference set). Its test
 accuracy (on the grey test split and on its fixed binarization) is stored with the weights. Training sees
 light augmentation (random shifts of about 2 pixels at 28x28) and, half of the time, a dynamically
-binarized image, so the features stay meaningful for binary-track samples.
+binarized image, so the features stay meaningful for binary-track samples. A dataset without a binary
+track (cifar10, colour) is never binarized (``default_spec``: ``binarize_prob`` 0) and has no binarized
+accuracy (None).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import math
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -66,6 +68,14 @@ class TrainingSpec:
 
 
 DEFAULT_SPEC = TrainingSpec()
+
+
+def default_spec(data) -> TrainingSpec:
+    """``DEFAULT_SPEC`` (looked up at call time), without the binarization for a dataset that has no binary
+    track: no model of such a dataset draws binary samples, so the features need not cover them."""
+    if "binary" in data.tracks:
+        return DEFAULT_SPEC
+    return replace(DEFAULT_SPEC, binarize_prob=0.0)
 
 
 class EvalClassifier(nn.Module):
@@ -217,7 +227,7 @@ class TrainedClassifier:
     definition_hash: str
     weights_digest: str
     test_accuracy: float
-    test_accuracy_binarized: float
+    test_accuracy_binarized: float | None  # None: the dataset has no binary track
     train_seconds: float | None  # None: loaded from a file, not trained by this process
     path: Path
     source: str  # shipped | file (--classifier, or shipped by the driver) | cache | trained
@@ -341,8 +351,8 @@ def load_or_train(data, device: torch.device | str = "cpu", spec: TrainingSpec |
                   progress: bool = False) -> TrainedClassifier:
     """The dataset's classifier from the cache, or trained now (deterministically, on the CPU) and cached.
 
-    ``spec`` defaults to ``DEFAULT_SPEC``, looked up at call time (tests swap in a tiny training)."""
-    spec = spec or DEFAULT_SPEC
+    ``spec`` defaults to ``default_spec(data)``, looked up at call time (tests swap in a tiny training)."""
+    spec = spec or default_spec(data)
     if not has_labels(data):
         raise UserError(f"dataset {data.name!r} has no class labels, so it has no evaluation classifier; "
                         f"sample-quality metrics need a labelled dataset such as mnist5k or mnist")
@@ -361,17 +371,18 @@ def train_payload(data, spec: TrainingSpec | None = None, progress: bool = False
     """Train the dataset's classifier; returns what its file holds (architecture, weights and their digest,
     the definition hash, the spec and the test accuracies: what defines the classifier, no timing) and the
     seconds it took."""
-    spec = spec or DEFAULT_SPEC
+    spec = spec or default_spec(data)
     arch = {"image_shape": tuple(data.image_shape), "num_classes": data.num_classes}
     start = time.perf_counter()
     model = fit(arch, data.train_images, data.train_labels, spec, progress)
     seconds = time.perf_counter() - start
-    binarized = (data.test_split("binary") * 255).to(torch.uint8)
+    binary = "binary" in data.tracks
+    binarized = (data.test_split("binary") * 255).to(torch.uint8) if binary else None
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     return {"arch": arch, "state_dict": state, "weights_digest": weights_digest(state),
             "dataset": data.name, "definition_hash": definition_hash(data, spec), "spec": asdict(spec),
             "test_accuracy": accuracy(model, data.test_images, data.test_labels),
-            "test_accuracy_binarized": accuracy(model, binarized, data.test_labels),
+            "test_accuracy_binarized": accuracy(model, binarized, data.test_labels) if binary else None,
             "device": "cpu", "threads": TRAINING_THREADS, "torch": str(torch.__version__)}, round(seconds, 2)
 
 

@@ -11,6 +11,7 @@ A measurement that must amend the rows before it (the sampler notes of the steps
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,11 +146,14 @@ for _measurement in (Likelihood(), Throughput(), SampleGrid(), SampleQuality(), 
 
 def evaluate(ctx: Context, reseed) -> list[dict]:
     """Every registered measurement that applies, in order (``reseed()`` first, and again before each that
-    asks for it); returns all rows."""
+    asks for it); returns all rows. Each one's wall time goes into ``info["evaluation_seconds"]``."""
     reseed()
+    seconds = ctx.outcome.info.setdefault("evaluation_seconds", {})  # where evaluation's time goes
     for measurement in MEASUREMENTS:
         if measurement.applies(ctx.model):
             if measurement.reseed:
                 reseed()
+            started = time.perf_counter()
             ctx.rows += measurement.measure(ctx)
+            seconds[measurement.name] = round(time.perf_counter() - started, 2)
     return ctx.rows

@@ -6,7 +6,7 @@ for the inception score. The extractor's name carries the dataset, the classifie
 its weights digest, so two classifiers never share a torch-fidelity cache entry. One
 ``calculate_metrics`` call per model extracts the features once and shares them between the metrics.
 
-The reference set is always the test split, in the model's track: the grey images for ``8bit``
+The reference set is always the test split, in the model's track: the 8-bit images (grey or colour) for ``8bit``
 models, the fixed binarization for ``binary`` models (a binary model's samples are compared with
 binary digits, never penalised for lacking grey levels). The ``data`` rows score real held-out images
 (the validation split, which neither the models nor the classifier trained on; binary track: one fixed

@@ -17,7 +17,8 @@ from bench.config.paths import read_json
 
 METRIC_COLUMNS = ["model", "family", "dataset", "track", "seed", "budget", "metric", "value", "unit", "kind",
                   "batch", "steps", "note", "ci_low", "ci_high"]  # ci_*: 95% bootstrap interval (sample quality)
-JOB_COLUMNS = ["model", "dataset", "seed", "status", "reason", "wall_seconds", "resumed", "host", "notes"]
+JOB_COLUMNS = ["model", "dataset", "seed", "status", "reason", "wall_seconds", "training_s", "evaluation_s",
+               "slowest_measurements", "resumed", "host", "notes"]
 
 
 def metrics_frame(outcomes) -> pd.DataFrame:
@@ -71,8 +72,15 @@ def jobs_frame(outcomes) -> pd.DataFrame:
     return pd.DataFrame.from_records(
         [{"model": o["job"]["model"], "dataset": o["job"]["dataset"], "seed": o["job"]["seed"],
           "status": o["status"], "reason": o["reason"], "wall_seconds": round(o["wall_seconds"], 2),
-          "resumed": resumed_text(o["info"]), "host": o["info"].get("hardware", {}).get("host", ""),
+          "training_s": o["info"].get("training_wall_seconds"), "evaluation_s": o["info"].get("evaluation_wall_seconds"),
+          "slowest_measurements": slowest_measurements(o["info"]), "resumed": resumed_text(o["info"]), "host": o["info"].get("hardware", {}).get("host", ""),
           "notes": "; ".join(o["notes"])} for o in outcomes], columns=JOB_COLUMNS)
+
+
+def slowest_measurements(info: dict, top: int = 3) -> str:
+    """Where a job's evaluation time went: its slowest measurements, e.g. ``sample quality 41.2 s, ...``."""
+    seconds = sorted((info.get("evaluation_seconds") or {}).items(), key=lambda item: -item[1])[:top]
+    return ", ".join(f"{name} {s:.1f} s" for name, s in seconds)
 
 
 def resumed_text(info: dict) -> str:

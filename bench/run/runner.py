@@ -24,7 +24,7 @@ from bench.config import environment
 from bench.config.budgets import parse_budget
 from bench.train.checkpoints import CheckpointError
 from bench.data.datasets import load_dataset
-from bench.config.job import DEFAULT_THREADS, THREADS_ENV, Job, JobOutcome, config_hash, job_threads, save_outcome, training_hash  # noqa: F401
+from bench.config.job import DEFAULT_THREADS, THREADS_ENV, Job, JobOutcome, config_hash, job_threads, limit_threads, save_outcome, training_hash  # noqa: F401
 from bench.train.trainer import (Checkpointing, Diverged, Interrupted, TrainResult, load_trainer_state, train,
                            trainer_state)
 
@@ -50,7 +50,7 @@ def run_job(job: Job) -> JobOutcome:
 
     start = time.perf_counter()
     outcome = JobOutcome(job=asdict(job))
-    torch.set_num_threads(job_threads())
+    limit_threads(job_threads())  # torch's threads and numpy's BLAS threads alike
     device = torch.device(job.device)
     outcome.info.update(config_hash=config_hash(job), hardware=environment.hardware(device))
     try:
@@ -62,6 +62,7 @@ def run_job(job: Job) -> JobOutcome:
                             conditional=model.conditional, batch_size=getattr(model, "batch_size", 64))
         x_test = data.test_split(model.track)[:job.eval_size]
         saved = _checkpoint_to_use(job, outcome)
+        phase_started = time.perf_counter()
         if saved is not None and saved["complete"]:
             result = _restore_trained(model, saved, outcome)
         else:
@@ -73,8 +74,11 @@ def run_job(job: Job) -> JobOutcome:
         outcome.rows.append(row("peak_memory_train", outcome.info["train_memory_mib"], "MiB",
                                         note=outcome.info["train_memory_what"]))
         outcome.rows.append(row("params", param_count(model), "count"))
+        outcome.info["training_wall_seconds"] = round(time.perf_counter() - phase_started, 2)  # with checkpoint
         if outcome.status == "ok":
+            phase_started = time.perf_counter()
             outcome.rows += _evaluate(model, data, x_test, device, job, outcome)
+            outcome.info["evaluation_wall_seconds"] = round(time.perf_counter() - phase_started, 2)
         outcome.rows.append(_peak_memory_row(outcome.rows))
     except (Interrupted, KeyboardInterrupt) as exc:
         outcome.status = "interrupted"

@@ -54,14 +54,16 @@ def hidden_degrees(size: int, d: int, previous_min: int, generator=None) -> torc
     return torch.randint(previous_min, d, (size,), generator=generator)
 
 
-def made_masks(order: torch.Tensor, hidden_sizes, generator=None) -> list[torch.Tensor]:
-    """One 0/1 mask per layer (out x in) for the given ordering."""
+def made_masks(order: torch.Tensor, hidden_sizes, generator=None, outputs_per_pixel: int = 1) -> list[torch.Tensor]:
+    """One 0/1 mask per layer (out x in) for the given ordering; pixel i's ``outputs_per_pixel`` outputs
+    (rows i * P .. i * P + P - 1 of the last layer) share its mask row."""
     d = len(order)
     degrees = [ordering_degrees(order)]
     for size in hidden_sizes:
         degrees.append(hidden_degrees(size, d, int(degrees[-1].min().clamp(max=d - 1)), generator))
     masks = [(out[:, None] >= inp[None, :]).float() for inp, out in zip(degrees[:-1], degrees[1:])]
-    masks.append((degrees[0][:, None] > degrees[-1][None, :]).float())  # output i: hidden degree < rank(i)
+    output = (degrees[0][:, None] > degrees[-1][None, :]).float()  # output i: hidden degree < rank(i)
+    masks.append(output.repeat_interleave(outputs_per_pixel, dim=0) if outputs_per_pixel > 1 else output)
     return masks
 
 
@@ -71,19 +73,21 @@ class MADE(GenerativeModel):
     likelihood = "exact"
     track = "binary"
 
+    outputs_per_pixel = 1  # one Bernoulli logit (the 8-bit MADE: a mixture's parameters)
+
     def __init__(self, image_shape=(1, 28, 28), hidden_sizes=(500,), num_masks: int = 1, lr: float = 1e-3,
                  mask_seed: int = 0):
         super().__init__(image_shape)
-        d = self.dim
+        d, per_pixel = self.dim, self.outputs_per_pixel
         self.lr = lr
         self.num_masks = num_masks
-        sizes = [d, *hidden_sizes, d]
+        sizes = [d, *hidden_sizes, d * per_pixel]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         generator = torch.Generator().manual_seed(mask_seed)
-        orders, masks = [torch.arange(d)], [made_masks(torch.arange(d), hidden_sizes)]
+        orders, masks = [torch.arange(d)], [made_masks(torch.arange(d), hidden_sizes, outputs_per_pixel=per_pixel)]
         for _ in range(num_masks - 1):
             orders.append(torch.randperm(d, generator=generator))
-            masks.append(made_masks(orders[-1], hidden_sizes, generator))
+            masks.append(made_masks(orders[-1], hidden_sizes, generator, outputs_per_pixel=per_pixel))
         self.register_buffer("orders", torch.stack(orders))  # K x D
         for layer in range(len(self.layers)):  # masks{layer}: K x out x in
             self.register_buffer(f"masks{layer}", torch.stack([m[layer] for m in masks]))
@@ -169,15 +173,19 @@ class MADE(GenerativeModel):
         matrix-vector product): per pixel, the first layer's rank-one update, the upper layers in full,
         and one output row."""
         sizes = [self.layers[0].out_features] + [layer.out_features for layer in self.layers[1:-1]]
-        per_pixel = sizes[0] + sum(a * b for a, b in zip(sizes, sizes[1:])) + sizes[-1]
+        per_pixel = sizes[0] + sum(a * b for a, b in zip(sizes, sizes[1:])) + sizes[-1] * self.outputs_per_pixel
         return 2.0 * n * self.dim * per_pixel
 
     def _logit_from_first_layer(self, first_pre, weights, i: int) -> torch.Tensor:
         """Pixel i's logit from the first layer's pre-activations: the upper layers, output row i only."""
+        return self._top_hidden(first_pre, weights) @ weights[-1][i] + self.layers[-1].bias[i]
+
+    def _top_hidden(self, first_pre, weights) -> torch.Tensor:
+        """The last hidden layer from the first layer's pre-activations (the layers above it in full)."""
         h = torch.relu(first_pre)
         for weight, layer in zip(weights[1:-1], self.layers[1:-1]):
             h = torch.relu(F.linear(h, weight, layer.bias))
-        return h @ weights[-1][i] + self.layers[-1].bias[i]
+        return h
 
     def self_checks(self, x_test: torch.Tensor) -> list[dict]:
         """The cached sampler's conditionals (mask 0) equal the likelihood's on 64 fresh samples."""

@@ -77,13 +77,18 @@ class PixelCNN(GenerativeModel):
                  lr: float = 1e-3):
         super().__init__(image_shape)
         c_in = image_shape[0]
-        if c_in != 1:
-            raise ValueError("pixelcnn models one binary channel (no colour masks)")
         self.lr = lr
         self.first = CausalConv(c_in, channels, first_kernel, "A")
         self.blocks = nn.Sequential(*[ResidualBlock(channels) for _ in range(layers)])
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(), nn.Conv2d(channels, 1, 1))
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(),
+                                  nn.Conv2d(channels, self.head_outputs(c_in), 1))
         self.reach = first_kernel // 2 + layers  # rows above (and columns either side) a logit can see
+
+    def head_outputs(self, c_in: int) -> int:
+        """Numbers the head gives per position: here one Bernoulli logit."""
+        if c_in != 1:
+            raise ValueError("pixelcnn models one binary channel (no colour masks); pixelcnn-8bit models colour")
+        return 1
 
     def configure_optimizers(self):
         return [torch.optim.Adam(self.parameters(), lr=self.lr)]
@@ -121,26 +126,44 @@ class PixelCNN(GenerativeModel):
         ``method``: "cached" (default; each pixel step computes one new position per layer),
         "windowed" (the network on the pixel's window) or "naive" (the whole image per pixel). The
         same ``generator`` state gives all three the same uniforms, hence the same samples."""
-        _, h, w = self.image_shape
+        c, h, w = self.image_shape
         r, device = self.reach, self.device
-        uniforms = torch.rand(n, h, w, generator=generator, device=device)
-        padded = self.pad(torch.zeros(n, 1, h, w, device=device))  # image (i, j) sits at (i + r, j + r)
-        probs = torch.empty(n, h, w, device=device)
+        draws = self.start_draws(n, generator)
+        padded = self.pad(torch.zeros(n, c, h, w, device=device))  # image (i, j) sits at (i + r, j + r)
         if method == "cached":
-            return self._sample_cached(padded, uniforms, probs)
+            self._sample_cached(padded, draws)
+            return self.finish_draws(padded, draws)
         if method not in ("windowed", "naive"):
             raise ValueError(f"unknown sampling method {method!r}: cached, windowed or naive")
         for i in range(h):
             for j in range(w):
-                if method == "windowed":  # the window ending on row i, centred on column j: one logit
-                    logit = self.network(padded[:, :, i:i + r + 1, j:j + 2 * r + 1])[:, 0, 0, 0]
+                if method == "windowed":  # the window ending on row i, centred on column j: one position
+                    head = self.network(padded[:, :, i:i + r + 1, j:j + 2 * r + 1])[:, :, 0, 0]
                 else:
-                    logit = self.network(padded)[:, 0, i, j]
-                probs[:, i, j] = torch.sigmoid(logit)
-                padded[:, 0, i + r, j + r] = (uniforms[:, i, j] < probs[:, i, j]).to(padded.dtype)
-        return padded[:, :, r:, r:r + w].clone(), probs.flatten(1)
+                    head = self.network(padded)[:, :, i, j]
+                self.draw_pixel(head, padded, draws, i, j)
+        return self.finish_draws(padded, draws)
 
-    def _sample_cached(self, padded, uniforms, probs):
+    # --- one pixel's draw: what the 8-bit model changes -------------------------------------------
+    def start_draws(self, n: int, generator):
+        """The uniforms every pixel is drawn with (all drawn up front, so every sampler uses the same ones)
+        and room for the conditionals used."""
+        _, h, w = self.image_shape
+        uniforms = torch.rand(n, h, w, generator=generator, device=self.device)
+        return {"uniforms": uniforms, "probs": torch.empty(n, h, w, device=self.device)}
+
+    def draw_pixel(self, head: torch.Tensor, padded: torch.Tensor, draws: dict, i: int, j: int) -> None:
+        """Draw pixel (i, j) from the head's outputs there (n x outputs) into the padded image."""
+        r = self.reach
+        draws["probs"][:, i, j] = torch.sigmoid(head[:, 0])
+        padded[:, 0, i + r, j + r] = (draws["uniforms"][:, i, j] < draws["probs"][:, i, j]).to(padded.dtype)
+
+    def finish_draws(self, padded: torch.Tensor, draws: dict):
+        """(samples, the conditionals the sampler used, N x D)."""
+        r, w = self.reach, self.image_shape[2]
+        return padded[:, :, r:, r:r + w].clone(), draws["probs"].flatten(1)
+
+    def _sample_cached(self, padded, draws):
         """Raster sampling that computes each layer's activation at each position once.
 
         Layer l's output at padded (p, q) depends on the pixels of rows < p and of row p left of q
@@ -148,7 +171,7 @@ class PixelCNN(GenerativeModel):
         above, final; the current one, filled left to right): a pixel step computes one position per
         layer; each row also computes, per layer, the border positions left of the image (before the
         row: they see no pixel of it) and right of it (after the row: they see all of it)."""
-        n, _, h, w = uniforms.shape[0], *self.image_shape
+        n, _, h, w = padded.shape[0], *self.image_shape
         r = self.reach
         convs = [self.first] + [block.conv for block in self.blocks]
         first_half = self.first.half
@@ -185,9 +208,9 @@ class PixelCNN(GenerativeModel):
                 value = value + below[:, :, 1:, 1:-1]
             rows[l][:, :, 1:, q0:q1] = value
 
-        def head_logit(q: int) -> torch.Tensor:
+        def head_output(q: int) -> torch.Tensor:
             features = torch.relu(F.linear(torch.relu(rows[-1][:, :, 1, q]), hidden.weight.flatten(1), hidden.bias))
-            return F.linear(features, out.weight.flatten(1), out.bias).view(n)
+            return F.linear(features, out.weight.flatten(1), out.bias)
 
         for i in range(h):
             p = i + r
@@ -197,13 +220,11 @@ class PixelCNN(GenerativeModel):
                 q = j + r
                 for l in range(len(convs)):
                     compute(l, p, q, q + 1)
-                probs[:, i, j] = torch.sigmoid(head_logit(q))
-                padded[:, 0, p, q] = (uniforms[:, i, j] < probs[:, i, j]).to(padded.dtype)
+                self.draw_pixel(head_output(q), padded, draws, i, j)
             for l in range(len(convs)):
                 compute(l, p, r + w, spans[l][1])
             for row in rows:  # row p becomes the row above, once every layer has read its own row above
                 row[:, :, 0] = row[:, :, 1]
-        return padded[:, :, r:, r:r + w].clone(), probs.flatten(1)
 
     def self_checks(self, x_test: torch.Tensor) -> list[dict]:
         """The cached sampler's conditionals equal the likelihood's (teacher-forced) on fresh samples."""

@@ -22,7 +22,8 @@ evaluated model never re-initialises).
 
 Dequantization, the logit transform (Jacobian included) and the bits/dim constant are RealNVP's:
 nll(x) = -log p(y) + D ln 256, y = (x + u) / 256, an upper bound on the discrete NLL.
-Defaults for a 2-core CPU (``smoke`` 20 steps, ``default`` 60 s): 2 levels x 4 steps, coupling
+Images: any channel count (grey or colour), sides multiples of 2^levels (4 at the default 2 levels: 8x8,
+28x28, 32x32, not 14x14). Defaults for a 2-core CPU (``smoke`` 20 steps, ``default`` 60 s): 2 levels x 4 steps, coupling
 width 48, batch 64, Adam at 3e-3 (1e-3 learns much less in 60 s; no warm-up needed at this size).
 """
 from __future__ import annotations
@@ -124,6 +125,7 @@ class Glow(GenerativeModel):
     likelihood = "bound"
     track = "8bit"
     batch_size = 64
+    side_multiple = 4  # 2 ** levels at the default 2 levels (each level squeezes by 2)
 
     # The data <-> logit-space preprocessing is RealNVP's, Jacobian included (reads self.logit_alpha).
     _to_logit = RealNVP._to_logit
@@ -136,6 +138,7 @@ class Glow(GenerativeModel):
         if h % 2 ** levels or w % 2 ** levels:
             raise ValueError(f"Glow squeezes {levels} times: height and width must be multiples of "
                              f"{2 ** levels}, got {h}x{w}; use fewer levels")
+        self.side_multiple = 2 ** levels
         self.temperature, self.logit_alpha, self.lr = temperature, logit_alpha, lr
         self.levels = nn.ModuleList()
         self.latent_shapes = []  # shape of each block sent to the prior, in forward order

@@ -15,8 +15,9 @@ pixels gives, by Jensen, an upper bound on the discrete NLL, not the NLL itself 
 & Bethge 2016), so the likelihood kind is ``bound``, never ``exact``.
 
 Image version as in the paper, at small scale: uniform dequantization (8bit track), a logit
-transform, checkerboard couplings at full resolution, a squeeze (C x H x W -> 4C x H/2 x W/2),
-channel couplings, then checkerboard couplings at the lower resolution. The seed's tanh-bounded
+transform, checkerboard couplings at full resolution (one mask for all C channels: grey or colour), a
+squeeze (C x H x W -> 4C x H/2 x W/2), channel couplings, then checkerboard couplings at the lower
+resolution. The squeeze needs even sides (``side_multiple`` 2): 8x8, 28x28, 32x32, not 7x7. The seed's tanh-bounded
 scales are kept (with a learnt gain); each coupling's last convolution starts at zero, so the
 untrained flow is the identity on the logit-space data.
 """
@@ -98,17 +99,20 @@ class RealNVP(GenerativeModel):
     family = "flow"
     likelihood = "bound"  # a continuous density on dequantized 8-bit data: an upper bound on the discrete NLL
     track = "8bit"
+    side_multiple = 2  # the squeeze halves the sides
 
     def __init__(self, image_shape=(1, 28, 28), hidden: int = 32, n_full: int = 3, n_channel: int = 3,
                  n_half: int = 3, logit_alpha: float | None = 0.05, lr: float = 1e-3):
         super().__init__(image_shape)
         c, h, w = self.image_shape
         if h % 2 or w % 2:
-            raise ValueError(f"RealNVP squeezes by 2: image height and width must be even, got {h}x{w}")
+            raise ValueError(f"RealNVP squeezes by 2: image height and width must be even (multiples of 2), "
+                             f"got {h}x{w}")
         self.logit_alpha = logit_alpha
         self.lr = lr
-        self.full_res = nn.ModuleList(
-            AffineCoupling(checkerboard_mask(h, w, i % 2), hidden) for i in range(n_full))
+        self.full_res = nn.ModuleList(  # the checkerboard across all C channels (C = 1: the mask itself)
+            AffineCoupling(checkerboard_mask(h, w, i % 2).expand(1, c, -1, -1).clone(), hidden)
+            for i in range(n_full))
         self.channel_wise = nn.ModuleList(
             AffineCoupling(channel_mask(4 * c, i % 2), hidden) for i in range(n_channel))
         self.half_res = nn.ModuleList(

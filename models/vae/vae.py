@@ -62,6 +62,7 @@ class ConvVAE(GenerativeModel):
     likelihood = "bound"
     track = "binary"
     batch_size = 100  # the seed's minibatch
+    outputs_per_channel = 1  # the decoder's numbers per pixel and channel: one Bernoulli logit
 
     def __init__(self, image_shape=(1, 28, 28), latent_dim: int = 2, channels=(32, 64), lr: float = 3e-3,
                  iwae_samples: int = 100):
@@ -92,7 +93,7 @@ class ConvVAE(GenerativeModel):
             nn.Unflatten(1, (c2, h2, w2)),
             nn.ConvTranspose2d(c2, c2, 3, stride=2), nn.ReLU(),
             nn.ConvTranspose2d(c2, c1, 3, stride=2), nn.ReLU(),
-            nn.Conv2d(c1, c, (h4 - h + 1, w4 - w + 1)),
+            nn.Conv2d(c1, c * self.outputs_per_channel, (h4 - h + 1, w4 - w + 1)),
         )
 
     def configure_optimizers(self):

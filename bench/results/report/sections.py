@@ -203,6 +203,10 @@ def jobs_blocks(run: Run) -> list[Block]:
     if not bad.empty:
         blocks.append(bullets(f"{r.status.upper()}: {r.model} seed {r.seed}: {r.reason or 'no reason recorded'}"
                               for r in bad.itertuples()))
+    skipped = run.config.get("skipped") or {}  # --all: models that cannot model the dataset
+    if skipped:
+        blocks += [para("Not run (the dataset lacks their track):"),
+                   bullets(f"skipped {model}: {reason}" for model, reason in skipped.items())]
     return blocks + ([table(jobs.astype(str))] if not jobs.empty else [])
 
 
