@@ -34,31 +34,20 @@ def resolve_models(names: list[str] | None, run_all: bool) -> list[str]:
     return names
 
 
-def split_by_track(model_names: list[str], data) -> tuple[list[str], dict[str, str]]:
-    """(the models whose track the dataset offers, {model: why not} for the others)."""
-    import models
-
-    runnable, skipped = [], {}
-    for name in model_names:
-        track = models.model_class(name).track
-        if track in data.tracks:
-            runnable.append(name)
-        else:
-            skipped[name] = f"a {track}-track model; {data.name} offers only the {' and '.join(data.tracks)} track"
-    return runnable, skipped
-
-
 def check_tracks(model_names: list[str], data, skip: bool = False) -> tuple[list[str], dict[str, str]]:
     """The models to run and the skipped ones with their reasons. A model whose track the dataset lacks is
     skipped with ``skip`` (``--all``: every model that can model the data) and refused otherwise (named with
     ``--models``)."""
     import models
 
-    runnable, skipped = split_by_track(model_names, data)
+    tracks = {name: models.model_class(name).track for name in model_names}
+    runnable = [name for name in model_names if tracks[name] in data.tracks]
+    skipped = {name: f"a {track}-track model; {data.name} offers only the {' and '.join(data.tracks)} track"
+               for name, track in tracks.items() if track not in data.tracks}
     if skipped and not skip:
         many = len(skipped) > 1
-        tracks = " and ".join(sorted({models.model_class(name).track for name in skipped}))
-        raise UserError(f"model{'s' if many else ''} {', '.join(skipped)} need{'' if many else 's'} the {tracks} "
+        lacking = " and ".join(sorted({tracks[name] for name in skipped}))
+        raise UserError(f"model{'s' if many else ''} {', '.join(skipped)} need{'' if many else 's'} the {lacking} "
                         f"track, which dataset {data.name!r} does not have (it offers only {', '.join(data.tracks)}): "
                         f"drop {'them' if many else 'it'} from --models (--all skips such models) or use --dataset "
                         f"mnist5k or mnist")

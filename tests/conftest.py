@@ -91,3 +91,25 @@ def write_cifar10_folder(root, n_train: int = 60, n_test: int = 40, seed: int = 
 def cifar10_root(tmp_path, isolated_cache):
     """A small CIFAR-10-format folder (5 x 60 training, 40 test images) under a data root."""
     return write_cifar10_folder(tmp_path / "data")
+
+
+def one_latent_vae_nlls(model, x, k: int = 4000, seed: int = 5):
+    """For a VAE with a one-dimensional latent, per image of ``x``: the exact NLL, log ∫ p(x | z) N(z; 0, 1) dz
+    by quadrature on a fine grid; the IWAE estimate with K = ``k`` and its delta-method standard error
+    (std(w) / (sqrt(K) mean(w))); and the ELBO averaged over ``k`` draws. All float64, in nats."""
+    import math
+
+    import torch
+
+    grid = torch.linspace(-8, 8, 4001)
+    with torch.no_grad():
+        log_joint = torch.stack([model.log_likelihood(xi.expand(len(grid), *x.shape[1:]), grid.view(-1, 1))
+                                 for xi in x]).double() - 0.5 * (math.log(2 * math.pi) + grid.double() ** 2)
+        exact_nll = -(torch.logsumexp(log_joint, dim=1) + math.log(grid[1] - grid[0]))
+        torch.manual_seed(seed)
+        log_w = model.log_importance_weights(x, k).double()
+        elbo = model.nll(x.repeat(k, 1, 1, 1)).double().view(k, len(x)).mean(0)
+    iwae = math.log(k) - torch.logsumexp(log_w, dim=1)
+    w = torch.exp(log_w - log_w.max(dim=1, keepdim=True).values)
+    stderr = w.std(dim=1) / (math.sqrt(k) * w.mean(dim=1))
+    return exact_nll, iwae, stderr, elbo

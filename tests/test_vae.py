@@ -8,6 +8,7 @@ import torch
 import models
 from models.base import bits_per_dim
 from models.vae.vae import ConvVAE, gaussian_kl_to_standard, gaussian_log_density
+from tests.conftest import one_latent_vae_nlls
 
 
 def _perturbed_vae(shape, latent_dim=2, seed=0):
@@ -78,19 +79,7 @@ def test_iwae_approaches_the_exact_likelihood_of_a_one_dimensional_latent():
         model.encoder[-1].weight.zero_()
         model.encoder[-1].bias.copy_(torch.tensor([0.3, math.log(1.5)]))
     x = torch.tensor([[0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]).view(3, 1, 2, 2)
-    grid = torch.linspace(-8, 8, 4001)
-    with torch.no_grad():
-        log_joint = torch.stack([model.log_likelihood(xi.expand(len(grid), 1, 2, 2), grid.view(-1, 1))
-                                 for xi in x]).double() - 0.5 * (math.log(2 * math.pi) + grid.double() ** 2)
-        exact_nll = -(torch.logsumexp(log_joint, dim=1) + math.log(grid[1] - grid[0]))
-        torch.manual_seed(5)
-        k = 4000
-        log_w = model.log_importance_weights(x, k).double()
-        elbo = model.nll(x.repeat(k, 1, 1, 1)).double().view(k, 3).mean(0)
-    iwae = math.log(k) - torch.logsumexp(log_w, dim=1)
-    # delta method: the standard error of log(mean w) is std(w) / (sqrt(K) mean(w))
-    w = torch.exp(log_w - log_w.max(dim=1, keepdim=True).values)
-    stderr = w.std(dim=1) / (math.sqrt(k) * w.mean(dim=1))
+    exact_nll, iwae, stderr, elbo = one_latent_vae_nlls(model, x)  # quadrature, IWAE (K = 4,000), ELBO
     assert torch.all((iwae - exact_nll).abs() < 4 * stderr + 1e-4), (iwae, exact_nll, stderr)
     assert stderr.max() < 0.01  # so the check above is sharp
     assert torch.all(elbo > exact_nll + 0.02), (elbo, exact_nll)  # the ELBO is a strict bound here

@@ -8,6 +8,7 @@ import torch
 
 import models
 from models import discretized_logistic as logistic
+from tests.conftest import one_latent_vae_nlls
 
 
 def perturbed(shape, latent_dim=1, seed=0):
@@ -36,18 +37,7 @@ def test_elbo_bounds_and_iwae_approaches_the_exact_discrete_likelihood():
         model.encoder[-1].weight.zero_()
         model.encoder[-1].bias.copy_(torch.tensor([0.2, math.log(1.5)]))
     x = torch.tensor([[0.0, 255.0, 128.0, 3.0], [40.0, 41.0, 250.0, 0.0]]).view(2, 1, 2, 2)
-    grid = torch.linspace(-8, 8, 4001)
-    with torch.no_grad():
-        log_joint = torch.stack([model.log_likelihood(xi.expand(len(grid), 1, 2, 2), grid.view(-1, 1))
-                                 for xi in x]).double() - 0.5 * (math.log(2 * math.pi) + grid.double() ** 2)
-        exact_nll = -(torch.logsumexp(log_joint, dim=1) + math.log(grid[1] - grid[0]))
-        torch.manual_seed(5)
-        k = 4000
-        log_w = model.log_importance_weights(x, k).double()
-        elbo = model.nll(x.repeat(k, 1, 1, 1)).double().view(k, 2).mean(0)
-    iwae = math.log(k) - torch.logsumexp(log_w, dim=1)
-    w = torch.exp(log_w - log_w.max(dim=1, keepdim=True).values)
-    stderr = w.std(dim=1) / (math.sqrt(k) * w.mean(dim=1))  # delta method
+    exact_nll, iwae, stderr, elbo = one_latent_vae_nlls(model, x)  # quadrature, IWAE (K = 4,000), ELBO
     assert torch.all((iwae - exact_nll).abs() < 4 * stderr + 1e-4), (iwae, exact_nll, stderr)
     assert stderr.max() < 0.02
     assert torch.all(elbo > exact_nll + 0.02), (elbo, exact_nll)  # a strict upper bound on the NLL

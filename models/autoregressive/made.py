@@ -138,13 +138,17 @@ class MADE(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, labels=None) -> torch.Tensor:
         if self.num_masks == 1:
-            return self.sample_with_conditionals(n)[0]
+            return self.draw(n)
         chosen = torch.randint(self.num_masks, (n,), device=self.device)
         x = torch.empty(n, *self.image_shape, device=self.device)
         for k in chosen.unique().tolist():
             picked = chosen == k
-            x[picked] = self.sample_with_conditionals(int(picked.sum()), mask=k)[0]
+            x[picked] = self.draw(int(picked.sum()), mask=k)
         return x
+
+    def draw(self, n: int, mask: int = 0) -> torch.Tensor:
+        """``n`` images of mask ``mask``'s model, in [0, 1]."""
+        return self.sample_with_conditionals(n, mask=mask)[0]
 
     @torch.no_grad()
     def sample_with_conditionals(self, n: int, generator: torch.Generator | None = None, mask: int = 0,

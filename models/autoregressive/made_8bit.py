@@ -52,16 +52,10 @@ class MADE8bit(MADE):
         """P(x_i = v | x_<i) for every pixel i and value v: N x D x 256."""
         return logistic.probabilities(self.params(x, mask))
 
-    @torch.no_grad()
-    def sample(self, n: int, labels=None) -> torch.Tensor:
-        if self.num_masks == 1:
-            return self.sample_with_conditionals(n, tables=False)[0] / 255.0
-        chosen = torch.randint(self.num_masks, (n,), device=self.device)
-        x = torch.empty(n, *self.image_shape, device=self.device)
-        for k in chosen.unique().tolist():
-            picked = chosen == k
-            x[picked] = self.sample_with_conditionals(int(picked.sum()), mask=k, tables=False)[0]
-        return x / 255.0
+    def draw(self, n: int, mask: int = 0) -> torch.Tensor:
+        """``n`` images of mask ``mask``'s model, values / 255 (the mixture parameters, not the 256-value
+        tables, kept on the way)."""
+        return self.sample_with_conditionals(n, mask=mask, tables=False)[0] / 255.0
 
     @torch.no_grad()
     def sample_with_conditionals(self, n: int, generator: torch.Generator | None = None, mask: int = 0,
