@@ -176,6 +176,15 @@ def test_reference_matching_needs_the_same_track():
     assert report.reference_for("cgan", "binary") == ""
 
 
+def test_the_8bit_references_cover_the_autoregressive_family_and_say_what_glows_figure_divides_by():
+    """The 8-bit MADE meets its published 8-bit figure, not the binary one; Glow's source names the padding."""
+    assert report.reference_for("made-8bit", "8bit") == "published: 2.04 bits/dim"
+    assert report.reference_for("made-8bit", "binary").startswith("published: 88.04 nats")  # binary: the binary row
+    glow = next(r.source for r in report.REFERENCES if r.matches("glow", "8bit"))
+    assert "openai/glow issue 81" in glow and "32x32" in glow
+    assert all("Grathwohl et al. 2019" in r.source for r in report.REFERENCES if r.track == "8bit")
+
+
 def test_rerender_is_byte_identical_and_every_image_decodes(run_dir):
     folder, _ = run_dir
     report.render(folder)
