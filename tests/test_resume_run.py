@@ -94,7 +94,10 @@ def test_a_stopped_driver_is_resumed_with_only_the_remaining_jobs(tmp_path, unin
     _, stderr = driver.communicate(timeout=120)
     assert driver.returncode == 130, stderr[-3000:]
     assert "interrupted" in stderr and "Traceback" not in stderr, stderr[-3000:]
-    kept = sorted(k for k, o in finished.items() if o["status"] == "ok")
+    # What the stopped driver left finished on disk: the two seen above, and with two workers possibly a third
+    # that finished its evaluation while the driver was stopping (it is finished, so it is kept too).
+    kept = sorted(k for k, o in model_outcomes(out).items() if o["status"] == "ok")
+    assert set(k for k, o in finished.items() if o["status"] == "ok") <= set(kept) and len(kept) >= 2
     stamps = {k: (out / "jobs" / f"{k}.json").stat().st_mtime_ns for k in kept}
     assert pd.read_csv(out / "jobs.csv")["status"].tolist().count("ok") >= 2  # the tables say what is on disk
 
