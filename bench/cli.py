@@ -1,6 +1,6 @@
-"""The one command line: ``python -m bench {run,evaluate,list,report,compare,baseline,scaling,classifier}``.
+"""The one command line: ``python -m bench {run,evaluate,list,report,compare,baseline,history,scaling,classifier}``.
 
-Exit codes: 0 success; 1 a model failed (``run``) or a regression (``compare``); 2 the user's input
+Exit codes: 0 success; 1 a model failed (``run``) or a regression (``compare``, ``history regressions``); 2 the user's input
 was unusable (unknown name, malformed budget, missing file, a changed configuration in a run's folder),
 with a one-line message saying the fix; 130 interrupted (Ctrl-C or SIGTERM), finished jobs kept.
 """
@@ -54,9 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="re-render the report of a stored run")
     report.add_argument("run_dir")
 
-    compare = sub.add_parser("compare", help="compare a run with a baseline; exit 1 on regression")
+    compare = sub.add_parser("compare", help="compare a run with a baseline or with a history; exit 1 on regression")
     compare.add_argument("run_dir")
-    compare.add_argument("--baseline", required=True, help="results/baselines/<name>.json")
+    against = compare.add_mutually_exclusive_group(required=True)
+    against.add_argument("--baseline", help="results/baselines/<name>.json")
+    against.add_argument("--history", metavar="STORE",
+                         help="a history store (`bench history add`): judge against the median of the last --window "
+                              "runs of this run's series, with each metric's own spread as its noise")
+    compare.add_argument("--window", type=int, default=None,
+                         help="--history: how many earlier runs make the reference (default 20, at least 3)")
     compare.add_argument("--tolerance", action="append", default=[], metavar="METRIC=TOL",
                          help="override a metric's tolerance, e.g. fid=0.5 or sample_throughput=0.6")
     compare.add_argument("--no-sample-quality", action="store_true",
@@ -74,6 +80,27 @@ def build_parser() -> argparse.ArgumentParser:
     classifier.add_argument("--out", required=True, help="the file to write, e.g. classifiers/mnist.pt")
     classifier.add_argument("--data-root", help="where downloaded datasets live")
     classifier.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    history = sub.add_parser("history", help="a store of runs across commits: add, show, report (a dashboard), "
+                                             "regressions (step detection)")
+    steps = history.add_subparsers(dest="history_command", required=True)
+    store_help = "the store's SQLite file (default results/history.sqlite)"
+    add = steps.add_parser("add", help="append a finished run's figures to the store (made if missing)")
+    add.add_argument("run_dir")
+    add.add_argument("--store", default=None, help=store_help)
+    show = steps.add_parser("show", help="the stored figures as a table, one column per run")
+    show.add_argument("--store", default=None, help=store_help)
+    show.add_argument("--model", help="only this model (entry), e.g. fvsbn or 'data (8bit)'")
+    show.add_argument("--metric", help="only this metric, e.g. test_bpd or sample_throughput@256")
+    show.add_argument("--last", type=int, default=8, help="the last N runs of each series (default 8)")
+    trends = steps.add_parser("report", help="write a static dashboard: DIR/index.html with one trend plot per metric")
+    trends.add_argument("--store", default=None, help=store_help)
+    trends.add_argument("--out", required=True, help="the dashboard's folder")
+    found = steps.add_parser("regressions", help="every detected step; exit 1 if the newest run is past a worse one")
+    found.add_argument("--store", default=None, help=store_help)
+    found.add_argument("--model", help="only this model")
+    found.add_argument("--metric", help="only this metric")
+    found.add_argument("--format", choices=["text", "json"], default="text", help="text (default) or json")
 
     baseline = sub.add_parser("baseline", help="write a baseline file from a run")
     baseline.add_argument("run_dir")
@@ -280,14 +307,19 @@ def cmd_compare(args) -> int:
 
     if args.output and Path(args.output).is_dir():
         raise UserError(f"--output {args.output} is a folder: give a file path, e.g. {Path(args.output) / 'compare.xml'}")
-    baseline = compare.read_baseline(args.baseline)
-    rows = compare.compare(args.run_dir, baseline, list(args.tolerance or []),
-                           sample_quality=not args.no_sample_quality)
+    if args.history:
+        rows, header, note = _compare_with_history(args)
+    else:
+        if args.window is not None:
+            raise UserError("--window applies to --history only: give --history STORE, or drop --window")
+        baseline = compare.read_baseline(args.baseline)
+        rows = compare.compare(args.run_dir, baseline, list(args.tolerance or []),
+                               sample_quality=not args.no_sample_quality)
+        header = (f"compare {args.run_dir} with {args.baseline} (dataset {baseline.get('dataset')}, budget "
+                  f"{baseline.get('budget')}, seeds {baseline.get('seeds')}, baseline commit {baseline.get('git_commit')})")
+        notes = compare.context_notes(baseline, compare.load_run(args.run_dir)[0])
+        note = ("note: " + "; ".join(notes) + " (last digits may differ)") if notes else ""
     summary = compare.summary_line(rows)
-    header = (f"compare {args.run_dir} with {args.baseline} (dataset {baseline.get('dataset')}, budget "
-              f"{baseline.get('budget')}, seeds {baseline.get('seeds')}, baseline commit {baseline.get('git_commit')})")
-    notes = compare.context_notes(baseline, compare.load_run(args.run_dir)[0])
-    note = ("note: " + "; ".join(notes) + " (last digits may differ)") if notes else ""
     text = "\n".join(filter(None, [header, note, compare.render(rows), summary])) + "\n"
     formatted = {"text": lambda: text, "junit": lambda: compare.to_junit(rows),
                  "markdown": lambda: compare.to_markdown(rows, summary),
@@ -300,6 +332,73 @@ def cmd_compare(args) -> int:
     else:
         print(formatted, end="")
     return 1 if any(r.verdict == "regressed" for r in rows) else 0
+
+
+def _compare_with_history(args):
+    from bench.results.history import gate
+    from bench.results.history.store import open_store
+
+    with open_store(args.history) as store:
+        rows, window = gate.compare_with_history(store, args.run_dir, args.window or gate.DEFAULT_WINDOW,
+                                                 list(args.tolerance or []), sample_quality=not args.no_sample_quality)
+    header = f"compare {args.run_dir} with {window.describe()} in {args.history}"
+    note = (f"tolerance (in the metric's unit): the widest of the registry's band, the window's one-sided "
+            f"{100 * (1 - gate.ALPHA):g}% prediction band (of the logarithm for speed and memory) and the window's "
+            f"own worst deviation")
+    return rows, header, note
+
+
+def cmd_history(args) -> int:
+    from pathlib import Path
+
+    from bench.results.history.store import DEFAULT_STORE, open_store
+
+    store_path = Path(args.store) if args.store else DEFAULT_STORE
+    if args.history_command == "add":
+        with open_store(store_path, create=True) as store:
+            ident, count = store.add_run(args.run_dir)
+        print(f"history: added {args.run_dir} ({ident.describe()}) to {store_path}; series '{ident.series}' "
+              f"now holds {count} run(s)")
+        return 0
+    with open_store(store_path) as store:
+        if args.history_command == "show":
+            from bench.results.history.show import show_table
+
+            if args.last < 1:
+                raise UserError(f"--last {args.last}: give a positive number of runs")
+            print(show_table(store, args.model, args.metric, args.last))
+            return 0
+        if args.history_command == "report":
+            from bench.results.history.dashboard import write_dashboard
+
+            out = Path(args.out)
+            if out.exists() and not out.is_dir():
+                raise UserError(f"--out {out} is a file: give a folder for the dashboard")
+            print(f"history: dashboard {write_dashboard(store, out)}")
+            return 0
+        return _print_regressions(store, args)
+
+
+def _print_regressions(store, args) -> int:
+    import json
+
+    from tabulate import tabulate
+
+    from bench.results.history.regressions import describe, find_steps
+
+    steps = find_steps(store, args.model, args.metric)
+    regressed = [s for s in steps if s.regressed]
+    if args.format == "json":
+        print(json.dumps([s.to_dict() for s in steps], indent=1))
+    elif not steps:
+        print(f"no step detected in {store.path} ({len(store.runs())} runs, {len(store.series())} series)")
+    else:
+        print(tabulate([[s.model, s.metric, s.commit[:12], s.started, describe(s), s.direction, f"{s.z:+.1f}",
+                         "REGRESSED" if s.regressed else ("newest" if s.latest else "-"), s.series] for s in steps],
+                       headers=["model", "metric", "commit", "started", "level", "direction", "z", "now", "series"],
+                       tablefmt="github", disable_numparse=True))
+        print(f"{len(steps)} step(s); {len(regressed)} metric(s) whose newest run is past a worse step")
+    return 1 if regressed else 0
 
 
 def cmd_baseline(args) -> int:
@@ -344,4 +443,4 @@ def cmd_scaling(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "evaluate": cmd_evaluate, "list": cmd_list, "report": cmd_report, "compare": cmd_compare,
-            "baseline": cmd_baseline, "scaling": cmd_scaling, "classifier": cmd_classifier}
+            "baseline": cmd_baseline, "history": cmd_history, "scaling": cmd_scaling, "classifier": cmd_classifier}

@@ -148,6 +148,7 @@ def _config_json(run: RunConfig, data, torch_device, model_settings: dict, previ
         "fidelity_samples": run.fidelity_samples, "eval_size": run.eval_size,
         "started": (previous or {}).get("started") or datetime.now().isoformat(timespec="seconds"),
         "versions": environment.package_versions(), "git_commit": environment.git_commit(),
+        "git_commit_time": environment.git_commit_time(),
         "hardware": environment.hardware(torch_device), "datasets_known": dataset_summaries(),
         "model_args": run.model_args, "model_settings": {**(previous or {}).get("model_settings", {}), **model_settings},
         "classifier_file": run.classifier_file, "run_config": run.to_json(),

@@ -36,6 +36,19 @@ def git_commit() -> str:
     return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
 
 
+def git_commit_time(commit: str | None = None) -> str | None:
+    """The committer date (ISO 8601) of ``commit`` (default HEAD) in this source tree's repository, or None
+    where there is no repository or no such commit: the order in which a history places runs."""
+    here = Path(__file__).resolve().parent
+    ref = (commit or "HEAD").removesuffix("-dirty")
+    try:
+        out = subprocess.run(["git", "show", "-s", "--format=%cI", ref, "--"], cwd=here, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
 def hardware(device) -> dict:
     import torch
 

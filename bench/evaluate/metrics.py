@@ -30,9 +30,18 @@ class Rule:
     rel: float = 0.0  # fraction of |baseline|
     abs: float = 0.0  # in the metric's unit
     gated: bool = True  # False: shown, never a regression
+    # Against a history (``bench compare --history``) the series' own spread says how noisy the metric is,
+    # so the registry's part of the band can be narrower: None keeps ``rel``.
+    history_rel: float | None = None
+    # "log": the metric's noise is a factor (speed, memory), so a history's spread is taken of its logarithm.
+    scale: str = "linear"
 
     def band(self, baseline: float) -> float:
         return max(self.rel * abs(baseline), self.abs)
+
+    def history_band(self, reference: float) -> float:
+        rel = self.rel if self.history_rel is None else self.history_rel
+        return max(rel * abs(reference), self.abs)
 
     def describe(self) -> str:
         """The band as the allowed worsening: ``+1%`` (may rise 1%), ``-70%`` (may fall to 0.3x)."""
@@ -86,10 +95,12 @@ def is_declared(name: str) -> bool:
 LIKELIHOOD = Rule("lower", rel=0.01)
 SAMPLE_DISTANCE = Rule("lower", rel=0.10, abs=0.5)
 FRACTION = Rule("higher", abs=0.05)
-SPEED = Rule("higher", rel=0.70)  # fail only below 0.3x of the baseline
+# Speed fails only below 0.3x of one baseline; against a history, whose spread is the machine's noise, below
+# 0.9x of the median or past the series' own prediction band, whichever is wider (bench.results.history.gate).
+SPEED = Rule("higher", rel=0.70, history_rel=0.10, scale="log")
 INFO_LOWER = Rule("lower", gated=False)
 INFO = Rule(None, gated=False)
-MEMORY = Rule("lower", rel=0.50)  # resident memory moves with thread count and libraries
+MEMORY = Rule("lower", rel=0.50, history_rel=0.10, scale="log")  # resident memory moves with thread count and libraries
 
 
 def rule_for(metric: str) -> Rule:

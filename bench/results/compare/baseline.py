@@ -37,13 +37,18 @@ def build_baseline(run_dir: str | Path) -> dict:
         "versions": config.get("versions", {}),
         "hardware": config.get("hardware", {}),
         "comparable_on": comparability(config),
-        "tolerances": {m: asdict(rule_for(m)) for m in metric_names},
+        "tolerances": {m: baseline_rule(m) for m in metric_names},
         "jobs": job_statuses(jobs),
         "units": {m: units[m] for m in metric_names if m in units},
         # JSON has no NaN: a metric that was not finite is stored as null.
         "values": {model: {k: (v if math.isfinite(v) else None) for k, v in per_model.items()}
                    for model, per_model in values.items()},
     }
+
+
+def baseline_rule(metric: str) -> dict:
+    """The parts of a metric's rule that judge a run against one baseline (the history's are not stored)."""
+    return {k: v for k, v in asdict(rule_for(metric)).items() if k in ("direction", "rel", "abs", "gated")}
 
 
 def portable_classifier(config: dict) -> dict:
