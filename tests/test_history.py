@@ -325,3 +325,31 @@ def test_the_store_schema_is_the_documented_one(tmp_path):
     doc = (FIXTURE.parents[2] / "docs" / "history.md").read_text()
     for table, names in columns.items():
         assert all(f"`{name}`" in doc for name in names), table
+
+
+# --- the committed history that CI gates against -------------------------------------------------------
+COMMITTED = Path(__file__).resolve().parents[1] / "results" / "baselines" / "smoke-cpu-history.sqlite"
+
+
+def test_the_committed_history_is_intact_has_no_regression_and_agrees_with_the_baseline(capsys):
+    from bench.evaluate import classifier as clf
+    from bench.evaluate.metrics import scored_by_classifier
+
+    with open_store(COMMITTED) as s:
+        (series,) = s.series()
+        runs = s.runs(series)
+        points = s.points(series)
+    assert len(runs) >= gate.MIN_HISTORY
+    assert set(runs["classifier_digest"]) == {clf.load_pinned("mnist5k").weights_digest}
+    assert main(["history", "regressions", "--store", str(COMMITTED)]) == 0
+    baseline = json.loads((COMMITTED.parent / "smoke-cpu.json").read_text())
+    newest = points[points["run_id"] == runs["id"].iloc[-1]].set_index(["entry", "key"])["value"]
+    checked = 0
+    for entry, values in baseline["values"].items():  # figures that repeat exactly: likelihood, sample quality
+        for key, value in values.items():
+            metric = key.split("@")[0]
+            if value is None or not (metric.startswith("test_") or scored_by_classifier(metric)):
+                continue
+            assert newest[(entry, key)] == pytest.approx(value, rel=1e-6), (entry, key)
+            checked += 1
+    assert checked > 100

@@ -98,32 +98,46 @@ def slug(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", key).strip("-")
 
 
+MARKERS = "osD^vP*Xh<>p"
+
+
 def trend_plot(points: pd.DataFrame, runs: pd.DataFrame, labels: dict[int, str], key: str,
                steps: list[FoundStep], path: Path) -> Path:
+    """Two panels: each model's figure as measured (with its interval), and the same relative to the model's
+    median over the series, where a step of a few percent shows whatever the model's scale."""
     position = {int(run_id): i for i, run_id in enumerate(runs["id"])}
     models = list(dict.fromkeys(points["entry"]))
-    colours = dict(zip(models, sns.color_palette("tab20", len(models))))
-    fig, ax = plt.subplots(figsize=(7.5, 3.8))
-    for model in models:
+    colours = dict(zip(models, sns.color_palette("husl", len(models))))
+    fig, (absolute, relative) = plt.subplots(1, 2, figsize=(12, 3.9))
+    for i, model in enumerate(models):
         d = points[(points["entry"] == model) & points["value"].notna()]
         x = [position[int(r)] for r in d["run_id"]]
         has_interval = d["low"].notna() & d["high"].notna()
         yerr = np.vstack([(d["value"] - d["low"]).where(has_interval, 0).clip(lower=0),
                           (d["high"] - d["value"]).where(has_interval, 0).clip(lower=0)])
-        ax.errorbar(x, d["value"], yerr=yerr, marker="o", ms=3.5, lw=1.2, capsize=2, label=model,
-                    color=colours[model])
+        style = dict(marker=MARKERS[i % len(MARKERS)], ms=4, lw=1.2, color=colours[model])
+        absolute.errorbar(x, d["value"], yerr=yerr, capsize=2, label=model, **style)
+        median = float(np.median(d["value"])) if len(d) else float("nan")
+        if median and np.isfinite(median):
+            relative.plot(x, 100 * (d["value"] / median - 1), **style)
     for step in steps:
-        x = position[int(runs.loc[runs["git_commit"].eq(step.commit) & runs["started"].eq(step.started), "id"].iloc[0])]
+        at = runs.index[runs["git_commit"].eq(step.commit) & runs["started"].eq(step.started)][0]
         colour = "#c0392b" if step.direction == "worse" else "#27ae60"
-        ax.axvline(x - 0.5, color=colour, ls="--", lw=1)
-        ax.annotate(f"{step.model}: {step.commit[:7]} ({step.direction})", (x - 0.5, 1), xycoords=("data", "axes fraction"),
-                    rotation=90, va="top", ha="right", fontsize=7, color=colour)
+        for ax in (absolute, relative):
+            ax.axvline(at - 0.5, color=colour, ls="--", lw=1)
+        relative.annotate(f"{step.model}: {step.commit[:7]} ({step.direction})", (at - 0.5, 0.98),
+                          xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right", fontsize=7,
+                          color=colour)
     values = points["value"].dropna()
     if len(values) and (values > 0).all() and values.max() / values.min() > LOG_RANGE:
-        plots._log_axis(ax, "y")
-    ax.set_xticks(range(len(runs)), [labels[int(r)] for r in runs["id"]], fontsize=7)
-    ax.set_xlim(-0.5, len(runs) - 0.5)
-    ax.set_title(key, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        plots._log_axis(absolute, "y")
+    for ax, title in ((absolute, key), (relative, f"{key}: % from each model's median")):
+        ax.set_xticks(range(len(runs)), [labels[int(r)] for r in runs["id"]], fontsize=7)
+        ax.set_xlim(-0.5, len(runs) - 0.5)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    relative.axhline(0, color="#888", lw=0.8)
+    fig.legend(*absolute.get_legend_handles_labels(), fontsize=7, ncol=1, loc="center left",
+               bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
     return plots._save(fig, path)

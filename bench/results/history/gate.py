@@ -29,7 +29,7 @@ from bench.config.errors import UserError
 from bench.evaluate.metrics import Rule, scored_by_classifier
 from bench.results.compare.judge import Row, _change, _status_rows
 from bench.results.compare.rules import parse_tolerance, resolve_rules, rule_of
-from bench.results.compare.runs import job_statuses, load_run, model_of
+from bench.results.compare.runs import job_statuses, load_run, model_of, split_key
 from bench.results.history.store import HistoryStore, metric_rows, run_identity
 
 DEFAULT_WINDOW = 20
@@ -148,8 +148,7 @@ def compare_with_history(store: HistoryStore, run_dir, window: int = DEFAULT_WIN
 
 
 def _judge_key(entry: str, key: str, past: pd.DataFrame | None, now: pd.DataFrame, rules, in_newest: bool) -> Row:
-    metric = key.split("@")[0] + "".join("@" + p for p in key.split("@")[1:] if not p.isdigit())
-    batch = next((int(p) for p in key.split("@")[1:] if p.isdigit()), None)
+    metric, batch = split_key(key)
     rule = rule_of(rules, metric)
     current = now.loc[(entry, key), "value"] if (entry, key) in now.index else None
     current = float("nan") if current is None or pd.isna(current) else float(current)

@@ -1,6 +1,7 @@
 """Steps in every stored series: which commit moved which model's figure, and whether the newest run is worse.
 
-Each (series, entry, metric[, batch]) with a better direction is one time series, its runs in the order they
+Each (series, entry, metric[, batch]) of a gated metric (one with a better direction that the gate judges;
+``train_seconds``, which under a step budget only restates the throughput, is not) is one time series, its runs in the order they
 started; ``steps.detect_steps`` fits it piecewise-constant. Each point's noise is the widest of the series'
 own (from its first differences), the point's 95% interval (over seeds or bootstrap) as a standard error,
 and a floor of a third of the registry's band for a known noise (``Rule.history_band``), so that the last-digit
@@ -54,7 +55,7 @@ def point_sigmas(points: pd.DataFrame) -> list[float | None]:
 
 def steps_of_series(series: str, entry: str, key: str, points: pd.DataFrame) -> list[FoundStep]:
     rule = rule_for(key)
-    if rule.direction is None:
+    if rule.direction is None or not rule.gated:  # what the gate never judges (train_seconds, steps) is not tracked
         return []
     values = points["value"].to_numpy(dtype=float)
     finite = values[np.isfinite(values)]

@@ -45,7 +45,7 @@ from scipy import stats
 from bench.config import environment
 from bench.config.errors import UserError
 from bench.results import tables as results
-from bench.results.compare.runs import comparability, entry_names, job_statuses, load_run
+from bench.results.compare.runs import comparability, entry_names, job_statuses, load_run, split_key
 
 SCHEMA_VERSION = 1
 DEFAULT_STORE = Path("results") / "history.sqlite"
@@ -139,11 +139,10 @@ def metric_rows(metrics: pd.DataFrame) -> pd.DataFrame:
     for (entry, key), group in frame.groupby(["entry", "key"], sort=False):
         values = group["value"].dropna()
         low, high = interval(values, group["ci_low"], group["ci_high"])
-        metric = key.split("@")[0] + "".join("@" + p for p in key.split("@")[1:] if not p.isdigit())
-        batch = group["batch"].iloc[0]
+        metric, batch = split_key(key)
         unit = group["unit"].iloc[0] if "unit" in group else None
         records.append({"entry": str(entry), "key": key, "metric": metric,
-                        "batch": None if pd.isna(batch) else int(batch),
+                        "batch": batch,
                         "value": float(values.mean()) if len(values) else None, "low": low, "high": high,
                         "n_seeds": int(len(values)), "unit": unit if isinstance(unit, str) and unit else None})
     return pd.DataFrame.from_records(records)
