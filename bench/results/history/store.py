@@ -234,8 +234,9 @@ def _real(value) -> float | None:
 
 @contextmanager
 def open_store(path, create: bool = False):
-    """The store at ``path``; ``create``: make it when missing (``history add``). A missing store otherwise,
-    or a file that is not an intact genbench store, is a UserError (exit 2) and the file is left untouched."""
+    """The store at ``path``; ``create``: make it when missing, and open it for writing (``history add``);
+    otherwise it is opened read-only. A missing store otherwise, or a file that is not an intact genbench
+    store, is a UserError (exit 2) and the file is left untouched."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"--store {path} is a folder: give the store's file, e.g. {path / 'history.sqlite'}")
@@ -246,17 +247,17 @@ def open_store(path, create: bool = False):
         with closing(sqlite3.connect(path)) as db, db:
             db.executescript(SCHEMA)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    with closing(_connect_checked(path)) as db:
+    with closing(_connect_checked(path, "rw" if create else "ro")) as db:
         yield HistoryStore(path, db)
 
 
-def _connect_checked(path: Path) -> sqlite3.Connection:
+def _connect_checked(path: Path, mode: str) -> sqlite3.Connection:
     damaged = (f"the history store {path} is damaged or not a genbench store ({{why}}); it was left as it is: "
                f"restore it from where CI keeps it (cache or artifact), or give another --store to start a new one")
     if path.stat().st_size == 0:
         raise UserError(damaged.format(why="the file is empty"))
     try:
-        db = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+        db = sqlite3.connect(f"file:{path}?mode={mode}", uri=True)
         check = db.execute("PRAGMA quick_check").fetchone()[0]
         version = db.execute("PRAGMA user_version").fetchone()[0]
         tables = {t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
