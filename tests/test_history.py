@@ -15,7 +15,7 @@ import pytest
 
 from bench.cli import main
 from bench.results.history import gate
-from bench.results.history.store import interval, metric_rows, open_store, series_key
+from bench.results.history.store import metric_rows, open_store, series_key
 
 FIXTURE = Path(__file__).parent / "fixtures" / "stored-run"
 PERTURBED = ("fid", "test_bpd")
@@ -23,7 +23,7 @@ PERTURBED = ("fid", "test_bpd")
 
 def copy_run(folder, number: int, change=None, config_changes=None):
     """The stored smoke run as run ``number`` of a history: its own commit and start time; ``change(frame)``
-    edits its metrics.csv."""
+    edits its metrics.csv (in place, or by returning the new frame)."""
     folder.mkdir(parents=True)
     for name in ("metrics.csv", "jobs.csv"):
         shutil.copy(FIXTURE / name, folder / name)
@@ -33,8 +33,8 @@ def copy_run(folder, number: int, change=None, config_changes=None):
     (folder / "config.json").write_text(json.dumps(config))
     if change:
         frame = pd.read_csv(folder / "metrics.csv")
-        change(frame)
-        frame.to_csv(folder / "metrics.csv", index=False)
+        edited = change(frame)  # edits in place, or returns a new frame
+        (frame if edited is None else edited).to_csv(folder / "metrics.csv", index=False)
     return folder
 
 
@@ -88,13 +88,18 @@ def test_add_records_every_figure_with_its_run_and_series(tmp_path):
     assert (fid["low"], fid["high"]) == pytest.approx((2173.354827, 2288.736833), rel=1e-6)  # its bootstrap
 
 
-def test_the_interval_over_seeds_is_the_t_interval_of_the_mean():
-    values = pd.Series([1.0, 2.0, 4.0])
-    low, high = interval(values, pd.Series([np.nan] * 3), pd.Series([np.nan] * 3))
+def test_the_interval_over_seeds_is_the_t_interval_of_the_mean_and_one_seed_keeps_its_bootstrap():
+    def row(seed, metric, value, low=None, high=None):
+        return {"model": "m", "track": "binary", "seed": seed, "metric": metric, "value": value, "unit": "u",
+                "batch": None, "steps": None, "ci_low": low, "ci_high": high}
+    frame = pd.DataFrame([row(0, "a", 1.0, 0.0, 9.0), row(1, "a", 2.0), row(2, "a", 4.0),  # 3 seeds
+                          row(0, "b", 5.0, 4.0, 6.5), row(0, "c", 5.0)])                  # one seed each
+    got = metric_rows(frame).set_index("key")
     half = 4.302652729911275 * np.std([1.0, 2.0, 4.0], ddof=1) / np.sqrt(3)  # t(0.975, 2) from a table
-    assert (low, high) == pytest.approx((7 / 3 - half, 7 / 3 + half))
-    assert interval(pd.Series([5.0]), pd.Series([4.0]), pd.Series([6.5])) == (4.0, 6.5)  # one seed: its bootstrap
-    assert interval(pd.Series([5.0]), pd.Series([np.nan]), pd.Series([np.nan])) == (None, None)
+    assert (got.loc["a", "low"], got.loc["a", "high"]) == pytest.approx((7 / 3 - half, 7 / 3 + half))
+    assert got.loc["a", "value"] == pytest.approx(7 / 3) and got.loc["a", "n_seeds"] == 3
+    assert (got.loc["b", "low"], got.loc["b", "high"]) == (4.0, 6.5)  # one seed: its bootstrap interval
+    assert got.loc["c", "low"] is None and got.loc["c", "high"] is None
 
 
 def test_adding_the_same_run_twice_is_refused_and_changes_nothing(tmp_path, capsys):
@@ -302,18 +307,27 @@ def test_show_prints_one_column_per_run_and_the_steps(stepped_store, capsys):
     assert cells[-2] == f"{newest:.6g}"
 
 
-def test_the_dashboard_has_one_trend_plot_per_metric_and_marks_the_step(stepped_store, tmp_path):
+def test_the_dashboard_has_one_trend_plot_per_metric_and_marks_the_step(tmp_path):
+    def change(number):  # two models (a plot costs about half a second); made's test_bpd 8% worse from run 5
+        def edit(frame):
+            frame = frame[frame["model"].isin(["made", "fvsbn"])].copy()
+            if number >= 5:
+                frame.loc[(frame["model"] == "made") & (frame["metric"] == "test_bpd"), "value"] *= 1.08
+            return frame
+        return edit
+    store = history_of(tmp_path, [change(n) for n in range(8)])
     out = tmp_path / "dashboard"
-    assert main(["history", "report", "--store", str(stepped_store), "--out", str(out)]) == 0
+    assert main(["history", "report", "--store", str(store), "--out", str(out)]) == 0
     page = (out / "index.html").read_text()
-    with open_store(stepped_store) as s:
+    with open_store(store) as s:
         keys = set(s.points(s.series()[0])["key"])
     directed = {k for k in keys if gate.rule_of({}, k).direction is not None}
     plotted = sorted(p.name for p in (out / "plots").glob("*.png"))
-    assert len(plotted) == len(directed) and page.count("<img src='data:image/png;base64,") == len(directed)
+    assert len(plotted) == len(directed) > 10 and page.count("<img src='data:image/png;base64,") == len(directed)
     assert "<script" not in page  # opens from disk, nothing to run
     steps_table = page.split("Detected steps")[1].split("Trends")[0]
-    assert f"{8:07x}" in steps_table and "test_bpd" in steps_table and "made" in steps_table
+    assert f"{5:07x}" in steps_table and "test_bpd" in steps_table and "made" in steps_table
+    assert "fvsbn" not in steps_table
 
 
 def test_the_store_schema_is_the_documented_one(tmp_path):

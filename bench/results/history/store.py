@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from scipy import stats
 
@@ -128,36 +129,34 @@ def commit_time(config: dict) -> str | None:
 
 
 def metric_rows(metrics: pd.DataFrame) -> pd.DataFrame:
-    """entry, key, metric, batch, value (mean over seeds), low, high, n_seeds, unit: one row per (entry, key)."""
+    """entry, key, metric, batch, value (mean over seeds), low, high, n_seeds, unit: one row per (entry, key).
+
+    The 95% interval of the mean: over seeds (Student t) when there are two or more, else the one seed's own
+    bootstrap interval, else none."""
     numeric = pd.to_numeric(metrics["value"], errors="coerce")
-    frame = metrics.assign(value=numeric.where(numeric.map(lambda v: math.isfinite(v) if pd.notna(v) else False)),
-                           batch=pd.to_numeric(metrics["batch"], errors="coerce"), entry=entry_names(metrics))
+    frame = metrics.assign(value=numeric.where(np.isfinite(numeric)), entry=entry_names(metrics),
+                           batch=pd.to_numeric(metrics["batch"], errors="coerce"))
     frame["key"] = results.metric_keys(frame)
     for column in ("ci_low", "ci_high"):
-        frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else float("nan")
-    records = []
-    for (entry, key), group in frame.groupby(["entry", "key"], sort=False):
-        values = group["value"].dropna()
-        low, high = interval(values, group["ci_low"], group["ci_high"])
-        metric, batch = split_key(key)
-        unit = group["unit"].iloc[0] if "unit" in group else None
-        records.append({"entry": str(entry), "key": key, "metric": metric,
-                        "batch": batch,
-                        "value": float(values.mean()) if len(values) else None, "low": low, "high": high,
-                        "n_seeds": int(len(values)), "unit": unit if isinstance(unit, str) and unit else None})
-    return pd.DataFrame.from_records(records)
-
-
-def interval(values: pd.Series, ci_low: pd.Series, ci_high: pd.Series) -> tuple[float | None, float | None]:
-    """95% interval of the mean: over seeds (Student t) when there are two or more, else the one seed's
-    own bootstrap interval, else none."""
-    if len(values) >= 2:
-        half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-        return float(values.mean() - half), float(values.mean() + half)
-    low, high = ci_low.dropna(), ci_high.dropna()
-    if len(values) == 1 and len(low) == 1 and len(high) == 1:
-        return float(low.iloc[0]), float(high.iloc[0])
-    return None, None
+        frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else np.nan
+    frame["unit"] = frame["unit"].where(frame["unit"].map(lambda u: isinstance(u, str) and bool(u))) \
+        if "unit" in frame else None
+    rows = frame.groupby(["entry", "key"], sort=False).agg(
+        value=("value", "mean"), sd=("value", "std"), n_seeds=("value", "count"), low=("ci_low", "first"),
+        high=("ci_high", "first"), n_low=("ci_low", "count"), n_high=("ci_high", "count"),
+        unit=("unit", "first")).reset_index()
+    n = rows["n_seeds"].to_numpy()
+    over_seeds = n >= 2
+    half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * rows["sd"] / np.sqrt(np.maximum(n, 1))
+    bootstrap = (n == 1) & (rows["n_low"] == 1) & (rows["n_high"] == 1)
+    rows["low"] = (rows["value"] - half).where(over_seeds, rows["low"].where(bootstrap))
+    rows["high"] = (rows["value"] + half).where(over_seeds, rows["high"].where(bootstrap))
+    split = [split_key(k) for k in rows["key"]]
+    rows["metric"] = [m for m, _ in split]
+    rows["batch"] = pd.Series([b for _, b in split], index=rows.index, dtype=object)
+    rows = rows.astype({"value": object, "low": object, "high": object, "unit": object})
+    rows = rows.where(rows.notna(), None)  # NaN and missing: NULL in the store
+    return rows[["entry", "key", "metric", "batch", "value", "low", "high", "n_seeds", "unit"]]
 
 
 # --- the store --------------------------------------------------------------------------------
