@@ -218,6 +218,9 @@ def test_the_tolerance_is_the_widest_of_the_rule_the_prediction_band_and_the_wor
     band = 10.214531852407 * np.std(np.log(history), ddof=1) * np.sqrt(1 + 1 / 4)
     assert gate.tolerance(speed, 100.0, history) == pytest.approx(100 * (1 - np.exp(-band)))
     assert gate.tolerance(speed, 100.0, np.array([100.0] * 20 + [10.0])) == pytest.approx(90.0)  # as bad as seen
+    # held by fewer than three earlier runs: no known noise, so one baseline's band (fail below 0.3x)
+    assert gate.tolerance(speed, 100.0, np.array([100.0, 100.0])) == pytest.approx(70.0)
+    assert gate.tolerance(speed, 100.0, np.array([100.0] * 3)) == pytest.approx(10.0)
     bpd = gate.rule_of({}, "test_bpd")  # linear: t(0.999, 4) = 7.173
     history = np.array([1.0, 1.1, 0.9, 1.0, 1.0])
     assert gate.tolerance(bpd, 1.0, history) == pytest.approx(7.173182 * np.std(history, ddof=1) * np.sqrt(1.2), rel=1e-6)

@@ -11,6 +11,9 @@ direction fails when it exceeds the tolerance, the widest of
 - the window's own worst deviation from the median in the bad direction: a figure as far off as one the
   recent history already holds is not news.
 
+A figure that fewer than ``MIN_HISTORY`` runs of the window hold (a throughput batch size the cap mostly
+skips) has no known noise: the registry's band for one baseline applies to it (speed: 0.3x).
+
 So exactly repeating figures (likelihoods under a step budget) keep the registry's tight band; a throughput
 that wanders by 30% from run to run passes, and one that falls to 0.4x fails (with the default window of 20).
 The run itself is never part of its own window. The rows are the same ``Row`` objects a baseline comparison
@@ -50,8 +53,10 @@ class Window:
 
 def tolerance(rule: Rule, reference: float, history: np.ndarray) -> float:
     """The worsening still taken for noise, in the metric's unit (see the module docstring)."""
+    if len(history) < MIN_HISTORY:  # too few earlier values of this figure to know its noise: one baseline's band
+        return rule.band(reference)
     floor = rule.history_band(reference)
-    if rule.direction is None or len(history) == 0:
+    if rule.direction is None:
         return floor
     on_log = rule.scale == "log" and reference > 0 and bool(np.all(history > 0))
     values, centre = (np.log(history), math.log(reference)) if on_log else (history, reference)
