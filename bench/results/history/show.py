@@ -15,7 +15,8 @@ def show_table(store: HistoryStore, model: str | None = None, metric: str | None
     steps = find_steps(store, model, metric)
     parts = []
     for number, series in enumerate(store.series(), 1):
-        runs = store.runs(series).tail(last)
+        every_run = store.runs(series)
+        runs = every_run.tail(last)
         points = store.points(series, list(runs["id"]))
         if model:
             points = points[points["entry"] == model]
@@ -34,7 +35,7 @@ def show_table(store: HistoryStore, model: str | None = None, metric: str | None
                          ", ".join(moved) or "-"])
         table = tabulate(rows, headers=["model", "metric", *columns.values(), "steps"], tablefmt="github",
                          disable_numparse=True)
-        parts.append(f"series {number}: {series} ({len(store.runs(series))} runs, the last {len(runs)} shown)\n{table}")
+        parts.append(f"series {number}: {series} ({len(every_run)} runs, the last {len(runs)} shown)\n{table}")
     if not parts:
         what = " and ".join(filter(None, [model and f"model {model!r}", metric and f"metric {metric!r}"]))
         return f"no stored figure for {what or 'any model'} in {store.path}"

@@ -32,7 +32,6 @@ stored side by side and never mixed in a trend, a step or a gate.
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -194,7 +193,7 @@ class HistoryStore:
             self.db.executemany(
                 "INSERT INTO metrics (run_id, entry, key, metric, batch, value, low, high, n_seeds, unit) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, r.entry, r.key, r.metric, r.batch, r.value, _real(r.low), _real(r.high), r.n_seeds, r.unit)
+                [(run_id, r.entry, r.key, r.metric, r.batch, r.value, r.low, r.high, r.n_seeds, r.unit)
                  for r in rows.itertuples()])
             self.db.executemany("INSERT INTO jobs (run_id, model, status, detail) VALUES (?, ?, ?, ?)",
                                 [(run_id, model, s["status"], "; ".join(s["detail"]))
@@ -225,10 +224,6 @@ class HistoryStore:
         return {model: {"status": status, "detail": [d for d in (detail or "").split("; ") if d]}
                 for model, status, detail in self.db.execute(
                     "SELECT model, status, detail FROM jobs WHERE run_id = ?", (run_id,))}
-
-
-def _real(value) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
 @contextmanager
