@@ -115,12 +115,16 @@ def test_a_stopped_driver_is_resumed_with_only_the_remaining_jobs(tmp_path, unin
 
 def test_a_worker_killed_mid_training_is_recorded_and_its_job_continues_from_the_checkpoint(tmp_path):
     out = tmp_path / "run"
+    # One worker, so the one worker alive at the EBM's first checkpoint is the EBM's (with two, FVSBN's may be
+    # alive beside it). The EBM is planned first; FVSBN runs after the kill.
     args = ["run", "--models", "ebm,fvsbn", "--out", out, "--budget", "30steps", "--checkpoint-every", "3steps",
-            "--fid-samples", 100, "--eval-size", 100, "--throughput-cap", 1, "--no-progress", "--no-scaling"]
+            "--fid-samples", 100, "--eval-size", 100, "--throughput-cap", 1, "--no-progress", "--no-scaling",
+            "--workers", 1]
     driver = start_bench(*args)
     checkpoint = out / "checkpoints" / "ebm__mnist5k__seed0.pt"
     wait_for(checkpoint.exists, what="the EBM's first periodic checkpoint")
     (worker,) = wait_for(lambda: worker_pids(driver.pid), what="the worker process")
+    assert "ebm__mnist5k__seed0" not in model_outcomes(out), "the EBM finished before it could be killed"
     os.kill(worker, signal.SIGKILL)
     _, stderr = driver.communicate(timeout=300)
     assert driver.returncode == 1, stderr[-3000:]
