@@ -7,7 +7,7 @@ from torch import nn
 from torchdiffeq import odeint
 
 import models
-from models.flows.ffjord import CountedField, DensityDynamics, SolverStepLimit, hutchinson_divergence
+from models.ode import CountedField, DensityDynamics, SolverStepLimit, hutchinson_divergence
 
 TIGHT = 1e-8
 

@@ -120,6 +120,9 @@ declare("test_bpd", "bits/dim", LIKELIHOOD,
         "test_nll / (D ln 2); the 8bit track includes the D ln 256 dequantization term", 3)
 declare("test_nll_iwae", "nats", LIKELIHOOD, "importance-weighted NLL estimate (VAE), K in the note", 2)
 declare("test_bpd_iwae", "bits/dim", LIKELIHOOD, "importance-weighted estimate in bits/dim (VAE)", 3)
+declare("test_nll_ode", "nats", LIKELIHOOD, "DDPM: the dequantization bound on the discrete NLL from the "
+        "probability-flow ODE of the same trained network (Song et al. 2021), images and probes in the note", 2)
+declare("test_bpd_ode", "bits/dim", LIKELIHOOD, "test_nll_ode in bits/dim (beside the VLB's test_bpd)", 3)
 # --- sample quality: every figure here is defined by the evaluation classifier's features or logits ----
 def declare_quality(name: str, unit: str, rule: Rule, meaning: str, decimals: int | None = None) -> Metric:
     return declare(name, unit, rule, meaning, decimals, scored_by_classifier=True)

@@ -10,7 +10,9 @@ count, its other settings unchanged. Each point gets
 - ``sampling_nfe``: the network evaluations the step count costs.
 They are ordinary metric rows with a ``steps`` column (summary keys ``fid@steps=20``); the rows without
 ``steps`` stay the headline figures, at the model's own setting. The point at the model's own step count
-is the headline measurement itself (copied, not drawn again).
+is the headline measurement itself (copied, not drawn again). A model whose own setting is an adaptive
+solver (flow matching: ``sampling_steps`` None) has no such point: its headline rows are the adaptive
+point, and the curve holds the fixed-step ones.
 
 Cost: a point costs about n x steps network evaluations. Points are measured cheapest first; one whose
 projected time (seconds per sample-step, from the headline throughput and then from the last point)
@@ -81,9 +83,10 @@ def curve_rows(model, data, device, job, outcome, headline: list[dict]) -> list[
     n = job.fidelity_samples or len(data.test_images)
     batch = max([b for b in THROUGHPUT_BATCHES if b <= n] or [n])
     own = model.sampling_steps
-    options = sorted(set(model.sampling_step_options) | {own})
+    ours = set() if own is None else {own}  # None: an adaptive solver, whose headline is not a step count
+    options = sorted(set(model.sampling_step_options) | ours)
     if job.budget == "smoke":
-        options = sorted(set(options[:SMOKE_POINTS]) | {own})
+        options = sorted(set(options[:SMOKE_POINTS]) | ours)
     classifier = job_classifier(data, device, job)
     budget = BUDGET_PER_CAP * job.throughput_cap_s
     per_step = _seconds_per_sample_step(headline, model.sampling_nfe)

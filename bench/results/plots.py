@@ -326,3 +326,42 @@ def steps_curve(points: pd.DataFrame, path: Path) -> Path | None:
     fig.suptitle("Sample quality and sampling speed against the number of sampling steps")
     fig.tight_layout()
     return _save(fig, path)
+
+
+# --- continuous-time models: FID against NFE ---------------------------------------------------
+def fid_against_nfe(points: pd.DataFrame, path: Path, fixed_nfe: float | None = None,
+                    target_fid: float | None = None) -> Path | None:
+    """FID against network evaluations per sample (log x), one line per model through its measured points,
+    each model's headline point (its own sampler, the summary's FID) marked with a star.
+
+    ``points``: one row per (model, NFE) with columns model, nfe, fid, headline (means over seeds).
+    ``fixed_nfe`` and ``target_fid``, when given, are drawn as the thin grey guides the table reads at."""
+    d = points.dropna(subset=["nfe", "fid"]) if not points.empty else points
+    if d.empty:
+        return None
+    d = d[d["nfe"] > 0]
+    models = list(dict.fromkeys(d["model"]))
+    colours = dict(zip(models, sns.color_palette("tab10", n_colors=max(1, len(models)))))
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for model in models:
+        m = d[d["model"] == model].sort_values("nfe", kind="stable")
+        ax.plot(m["nfe"], m["fid"], "o-", color=colours[model], label=model, markersize=5)
+        own = m[m["headline"].astype(bool)]
+        ax.plot(own["nfe"], own["fid"], "*", color=colours[model], markersize=15, markeredgecolor="black",
+                linestyle="none")
+    ax.plot([], [], "*", color="white", markeredgecolor="black", markersize=12, linestyle="none",
+            label="headline (own sampler)")
+    if fixed_nfe is not None:
+        ax.axvline(fixed_nfe, color="#999999", linestyle="--", linewidth=0.8, label=f"fixed NFE {fixed_nfe:g}")
+    if target_fid is not None:
+        ax.axhline(target_fid, color="#999999", linestyle=":", linewidth=0.8, label=f"target FID {target_fid:.4g}")
+    ax.margins(x=0.08, y=0.08)
+    _log_axis(ax, "x")
+    values = d["fid"][d["fid"] > 0]
+    if len(values) and values.max() / values.min() > 30:
+        _log_axis(ax, "y")
+    ax.set(xlabel="network evaluations per sample (NFE, log scale)",
+           ylabel="FID (lower is better" + (", log scale)" if ax.get_yscale() == "log" else ")"),
+           title="Continuous-time models: FID against NFE (means over seeds)")
+    ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
+    return _save(fig, path)

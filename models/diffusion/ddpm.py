@@ -33,20 +33,62 @@ How the T - 1 diffusion terms are summed (constructor ``nll_t_samples``):
   of training: per-image spread of the estimate about 90 nats around about 740 (K = 8), so about
   3 nats (0.005 bits/dim) of standard error on a 1,000-image mean; its mean agreed with the exact sum.
 
-Samplers (settings ``sampling_steps``, ``sampler``, ``eta``; ``sample(n, steps=, sampler=, eta=)``
-overrides them for one call). Both run on a sub-chain of ``sampling_steps`` evenly spaced timesteps,
-always ending at T (Nichol & Dhariwal's respacing: the sub-chain's betas are recomputed from abar, so
-it is a shorter chain with the same marginals q(x_t | x_0)); ``sampling_steps`` = T is the full chain.
+Second likelihood (``extra_metrics``: ``test_nll_ode``, ``test_bpd_ode``): the probability-flow ODE of the
+same network (Song et al. 2021, "Score-Based Generative Modeling through SDEs"), a deterministic flow whose
+marginals are q(x_t) when eps is exact. In DDIM's form (Song, Meng & Ermon 2021, eq. 14): with
+xbar = x_t / sqrt(abar) and sigma = sqrt((1 - abar) / abar), q(x_t | x_0) reads xbar = x_0 + sigma eps, and
+
+    d xbar / d sigma = eps(sqrt(abar) xbar, t(sigma)),   abar = 1 / (1 + sigma^2),
+
+solved in lambda = log sigma, d xbar / d lambda = sigma eps(...): sigma spans four decades (0.01 to 158 for
+Ho's schedule), and in log sigma the solver's steps need not shrink with it. abar and sigma are exact
+functions of lambda; only the network's timestep is interpolated, linearly in lambda between the integer
+timesteps 0..T-1 it was trained at (the sinusoidal embedding takes a float t). Data end: index 0, the
+chain's first step (sigma_0 = 0.01); noise end: index T - 1, where the prior is xbar ~ N(0, (1 + sigma_max^2) I),
+i.e. x_T ~ N(0, I) as in the chain. log p(xbar) comes from models/ode.py's ``log_likelihood``, the one
+FFJORD and flow matching use: dopri5 at ``ode_rtol``/``ode_atol``, ``ode_probes`` Hutchinson probes per
+image (fixed within a solve), the exact trace where D <= ``ode_exact_trace_max_dim``. Then x = sqrt(abar_0) xbar
+gives log p(x) = log p(xbar) - D log sqrt(abar_0).
+What it is the density of: the ODE model's x at the smallest noise level, used as a density on [-1, 1]^D
+for dequantized data: y = (k + u) / 256, x = 2y - 1, log p(y) = log p(x) + D ln 2, and by Jensen
+-log P(k) <= E_u[-log p(y)] + D ln 256 (Theis et al. 2016; models/base.py), so kind "bound". It is a
+bound for another model than the VLB's: the ODE is a continuous flow defined by the network, which equals
+the T-step chain's marginals only if eps were exact. Neither figure bounds the other.
+Noise and cost: the first ``ode_images`` (32) test images, one dequantization draw and ``ode_probes`` (1)
+probe each, from a private generator (``ODE_SEED``), so the global RNG, and every other metric's draw,
+is untouched; each NFE is a U-Net pass and a vector-Jacobian product on that batch. The note gives the
+measured NFE and the standard error over images (probe noise included). Measured on MNIST (1x28x28, the
+2-core CPU, after 50 to 400 training steps, on 8 images; the cost grows with the images, the error as
+one over their square root): NFE 280 to 410 at rtol = atol = 1e-4, the two rows 7 to 10 s
+(one thread beside another job: 7 to 14 s; an untrained net, whose eps is 0: NFE 50, 2 s); standard error
+over the 8 images 0.09 to 0.15 bits/dim (probe noise alone about 0.02); solver error about 0.003 bits/dim
+on the mean (rtol = atol = 1e-5: NFE 870, 18 s; 1e-3: NFE 92, 2 s, 0.01 bits/dim off).
+A single image's log p moves by 1 to 3 nats (of 2,300) under a 1e-6 nudge: the log-det state is
+error-controlled at rtol x |delta| per step. A solve past ``ode_max_steps`` (200) gives no rows and a warning.
+
+Samplers (settings ``sampling_steps``, ``sampler``, ``eta``, ``ode_sample_tol``; ``sample(n, steps=,
+sampler=, eta=)`` overrides them for one call). The first two run on a sub-chain of ``sampling_steps``
+evenly spaced timesteps, always ending at T (Nichol & Dhariwal's respacing: the sub-chain's betas are
+recomputed from abar, so it is a shorter chain with the same marginals q(x_t | x_0)); ``sampling_steps`` = T
+is the full chain.
 - ``"ancestral"`` (default): p(x_{t-1} | x_t) above, on the sub-chain.
 - ``"ddim"`` (Song, Meng & Ermon 2021): x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - s_t^2) eps_hat
   + s_t z with s_t = eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s). eta = 0 is
   deterministic given x_T; eta = 1 gives s_t^2 = the posterior variance, the ancestral sampler's law.
+- ``"ode"``: the probability-flow ODE above, from x_T ~ N(0, I) at the noise end to the first step, by
+  dopri5 at rtol = atol = ``ode_sample_tol`` (1e-3), through models/ode.py's ``solve``; its NFE is counted
+  on every solve and ``sampling_nfe`` is their mean (``sampling_steps`` is unused, and the steps curve
+  does not apply). DDIM with eta = 0 is this ODE's Euler discretisation in sigma: divided by sqrt(abar_s)
+  its step reads xbar_s = xbar_t + (sigma_s - sigma_t) eps(x_t, t) (exactly so while the x0_hat clip
+  does not act).
+``ode_sample_tol`` is a sampler setting (it changes the samples, never training); the ``ode_*`` likelihood
+settings are not: they change an evaluation row, not how samples are drawn.
 Fewer steps cost variance, not just detail: with the exact denoiser of N(0.2, 0.3^2) pixels (the tests'),
 x_0 keeps 97% of the data's variance on the full T = 1000 chain, 82% at 100 respaced ancestral steps
 and 71% at 50 (DDIM with eta = 0: 84% at 50), since each step's fixed-small variance ignores the
-uncertainty of x0_hat. The trap: the bound (``nll``) is always that of the full T-step chain, while the samples come from the
-sampler's (shorter) chain, so a report must say which chain each figure is for
-(``likelihood_description``, ``sampler_description``).
+uncertainty of x0_hat. The trap: the bound (``nll``) is always that of the full T-step chain, while the
+samples come from the sampler's (shorter) chain or the ODE, and the ODE rows are another model's density,
+so a report must say which model each figure is for (``likelihood_description``, ``sampler_description``).
 
 Size and cost (the whole ``bench run`` evaluation of one model has to fit in about three minutes on
 a 2-core CPU after 60 s of training): T = 1000 with Ho's linear schedule (b from 1e-4 to 0.02), which
@@ -60,15 +102,18 @@ No weight EMA: it needs far more steps than a minute buys.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from models.base import GenerativeModel
+from models.base import GenerativeModel, bits_per_dim, dequantize, discrete_nll_from_dequantized
+from models.ode import CountedField, DensityDynamics, SolverStepLimit, log_likelihood, solve
 from models.registry import register
+from models.unet import UNet
 
 BIN_HALF_WIDTH = 1.0 / 255.0  # 8-bit values on [-1, 1] sit 2/255 apart
+ODE_SEED = 0  # the private generator of the ODE likelihood's dequantization noise and probes
 
 
 # --- noise schedules -----------------------------------------------------------------------------
@@ -154,68 +199,6 @@ def stratified_timesteps(first: int, last: int, k: int, n: int, generator=None, 
     return t.to(device), sizes.double().to(device)
 
 
-# --- the noise-prediction network -----------------------------------------------------------------
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
-
-
-class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice, the time embedding added in between, and a residual connection."""
-
-    def __init__(self, c_in: int, c_out: int, t_dim: int):
-        super().__init__()
-        self.norm1 = nn.GroupNorm(math.gcd(8, c_in), c_in)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.time = nn.Linear(t_dim, c_out)
-        self.norm2 = nn.GroupNorm(math.gcd(8, c_out), c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-
-    def forward(self, x, t_emb):
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.time(t_emb)[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
-        return self.skip(x) + h
-
-
-class UNet(nn.Module):
-    """Three resolutions (H, H/2, H/4, rounded up), one residual block each way, skip connections.
-
-    Stride-2 convolutions round odd sizes up (14 -> 7 -> 4); the way up interpolates to the size of
-    the matching skip, so any H x W works (8x8, 14x14, 28x28)."""
-
-    def __init__(self, channels: int = 1, width: int = 32):
-        super().__init__()
-        c0, c1 = max(8, width // 2), width
-        t_dim = 4 * c0
-        self.t_dim = c0
-        self.time_mlp = nn.Sequential(nn.Linear(c0, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
-        self.conv_in = nn.Conv2d(channels, c0, 3, padding=1)
-        self.down0 = ResBlock(c0, c0, t_dim)
-        self.pool0 = nn.Conv2d(c0, c1, 3, stride=2, padding=1)
-        self.down1 = ResBlock(c1, c1, t_dim)
-        self.pool1 = nn.Conv2d(c1, c1, 3, stride=2, padding=1)
-        self.mid = ResBlock(c1, c1, t_dim)
-        self.up1 = ResBlock(2 * c1, c1, t_dim)
-        self.up0 = ResBlock(c1 + c0, c0, t_dim)
-        self.norm_out = nn.GroupNorm(math.gcd(8, c0), c0)
-        self.conv_out = nn.Conv2d(c0, channels, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)  # starts by predicting eps = 0
-        nn.init.zeros_(self.conv_out.bias)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        emb = self.time_mlp(timestep_embedding(t, self.t_dim))
-        h0 = self.down0(self.conv_in(x), emb)
-        h1 = self.down1(self.pool0(h0), emb)
-        h = self.mid(self.pool1(h1), emb)
-        h = self.up1(torch.cat([F.interpolate(h, size=h1.shape[-2:], mode="nearest"), h1], 1), emb)
-        h = self.up0(torch.cat([F.interpolate(h, size=h0.shape[-2:], mode="nearest"), h0], 1), emb)
-        return self.conv_out(F.silu(self.norm_out(h)))
-
-
 # --- the model ----------------------------------------------------------------------------------
 @register("ddpm")
 class DDPM(GenerativeModel):
@@ -223,25 +206,36 @@ class DDPM(GenerativeModel):
     likelihood = "bound"
     track = "8bit"
 
-    sampler_settings = ("sampling_steps", "sampler", "eta")
-    sampling_step_options = (10, 20, 50, 100, 1000)  # step counts worth sweeping (capped at T)
-    samplers = ("ancestral", "ddim")
+    sampler_settings = ("sampling_steps", "sampler", "eta", "ode_sample_tol")
+    samplers = ("ancestral", "ddim", "ode")
 
     def __init__(self, image_shape=(1, 28, 28), T: int = 1000, schedule: str = "linear",
                  sampling_steps: int | None = 50, sampler: str = "ancestral", eta: float = 0.0,
                  width: int = 32, nll_t_samples: int | None = 8,
-                 lr: float = 2e-3, batch_size: int = 64, max_eval_batch: int = 1024):
+                 lr: float = 2e-3, batch_size: int = 64, max_eval_batch: int = 1024,
+                 ode_images: int = 32, ode_probes: int = 1, ode_rtol: float = 1e-4, ode_atol: float = 1e-4,
+                 ode_max_steps: int = 200, ode_exact_trace_max_dim: int = 16, ode_sample_tol: float = 1e-3):
         super().__init__(image_shape)
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown noise schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
         if T < 2:
             raise ValueError(f"T must be at least 2 diffusion steps, got {T}")
+        if ode_probes < 1:
+            raise ValueError(f"ode_probes must be at least 1, got {ode_probes}")
         self.T, self.schedule, self.lr, self.batch_size = T, schedule, lr, batch_size
         self.nll_t_samples, self.max_eval_batch = nll_t_samples, max_eval_batch
         self.chain = GaussianChain(SCHEDULES[schedule](T))
         self.sampler, self.eta = self._check_sampler(sampler), float(eta)
         self.sampling_steps = sampling_steps  # builds the sampling sub-chain (the setter below)
         self.net = UNet(image_shape[0], width)
+        # The probability-flow ODE (module docstring): its likelihood settings, and the ODE sampler's tolerance.
+        self.ode_images, self.ode_probes = ode_images, ode_probes
+        self.ode_rtol, self.ode_atol, self.ode_max_steps = ode_rtol, ode_atol, ode_max_steps
+        self.ode_exact_trace_max_dim, self.ode_sample_tol = ode_exact_trace_max_dim, ode_sample_tol
+        # log sigma_t at each 0-based timestep, sigma_t^2 = (1 - abar_t) / abar_t: the ODE's time grid
+        # (a plain tensor, not a buffer: derived from T and the schedule, so checkpoints need not hold it).
+        self.ode_lambdas = 0.5 * torch.log((1 - self.chain.abar) / self.chain.abar)
+        self.ode_sample_nfe: list[int] = []  # NFE of every ODE sampling solve so far
 
     # --- sampler settings ------------------------------------------------------------------------
     def _check_sampler(self, sampler: str) -> str:
@@ -268,25 +262,46 @@ class DDPM(GenerativeModel):
         abar_sub_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar_sub[:-1]])
         return timesteps, GaussianChain(1 - abar_sub / abar_sub_prev)
 
+    @property
+    def sampling_step_options(self) -> tuple[int, ...]:
+        """Step counts worth sweeping (capped at T); none for the ODE sampler, whose steps are adaptive."""
+        return () if self.sampler == "ode" else (10, 20, 50, 100, 1000)
+
+    @property
+    def sampling_cost_depends_on_weights(self) -> bool:
+        return self.sampler == "ode"  # an adaptive solver's NFE grows as the network trains
+
     def sampler_description(self) -> str:
         """What the samples (and so FID, samples/s and NFE) come from, in words."""
+        if self.sampler == "ode":
+            return (f"probability-flow ODE, adaptive dopri5 at rtol=atol={self.ode_sample_tol:g}, from the noise end "
+                    f"to the first step of the T={self.T} {self.schedule} chain")
         name = "ancestral" if self.sampler == "ancestral" else f"DDIM (eta={self.eta:g})"
         k = self.sampling_steps
         steps = f"all {k} steps" if k == self.T else f"{k} respaced steps"
         return f"{name}, {steps} of the T={self.T} {self.schedule} chain"
 
     def likelihood_description(self) -> str:
-        """Which chain the bound (bits/dim) is for: always the full T-step chain."""
+        """Which model each likelihood is of: test_nll/test_bpd, the variational bound of the full T-step
+        chain (whatever the sampler); test_nll_ode/test_bpd_ode, the probability-flow ODE's density."""
         how = ("every term summed" if self.nll_t_samples is None
                else f"diffusion terms estimated at {self.nll_t_samples} stratified timesteps per image")
-        return f"bound of the T={self.T} {self.schedule} chain ({how})"
+        return (f"variational bound of the T={self.T} {self.schedule} chain ({how}); the probability-flow ODE's "
+                f"bits/dim (test_bpd_ode) is a dequantization bound for another model, the continuous flow of the "
+                f"same network, at the chain's first step")
 
     def configure_optimizers(self):
         return [torch.optim.Adam(self.parameters(), lr=self.lr)]
 
     @property
-    def sampling_nfe(self) -> int:
-        return len(self.sample_timesteps)
+    def sampling_nfe(self) -> float:
+        """Network evaluations per batch of samples: the sub-chain's steps, or for the ODE sampler the
+        measured mean NFE of its solves so far (one small solve first if there was none)."""
+        if self.sampler != "ode":
+            return len(self.sample_timesteps)
+        if not self.ode_sample_nfe:
+            self.sample(2, generator=torch.Generator().manual_seed(ODE_SEED))  # a private generator: no RNG drawn
+        return sum(self.ode_sample_nfe) / len(self.ode_sample_nfe)
 
     @staticmethod
     def to_model_space(x: torch.Tensor) -> torch.Tensor:
@@ -321,17 +336,26 @@ class DDPM(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, n: int, labels=None, *, steps: int | None = None, sampler: str | None = None,
-               eta: float | None = None) -> torch.Tensor:
-        """``n`` images in [0, 1]; ``steps``, ``sampler`` and ``eta`` default to the model's settings."""
+               eta: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` images in [0, 1]; ``steps``, ``sampler`` and ``eta`` default to the model's settings.
+        ``generator`` (a CPU generator) draws x_T instead of the global RNG; the stochastic samplers'
+        later noise still comes from the global RNG."""
         timesteps, chain = (self.sample_timesteps, self.sample_chain) if steps is None else self.sub_chain(steps)
-        x_T = torch.randn(n, *self.image_shape, device=self.device)
+        if generator is None:
+            x_T = torch.randn(n, *self.image_shape, device=self.device)
+        else:
+            x_T = torch.randn(n, *self.image_shape, generator=generator).to(self.device)
         x = self.denoise(x_T, timesteps, chain, sampler or self.sampler, self.eta if eta is None else eta)
         return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def denoise(self, x_T: torch.Tensor, timesteps: torch.Tensor, chain: GaussianChain, sampler: str,
                 eta: float = 0.0) -> torch.Tensor:
-        """Run a sampler on ``chain`` (network timesteps ``timesteps``) from x_T; returns x_0 on [-1, 1]."""
-        if self._check_sampler(sampler) == "ddim":
+        """Run a sampler on ``chain`` (network timesteps ``timesteps``) from x_T; returns x_0 on [-1, 1].
+        The ODE sampler ignores ``timesteps``, ``chain`` and ``eta``: it solves on the full chain's times."""
+        sampler = self._check_sampler(sampler)
+        if sampler == "ode":
+            return self.ode_sample(x_T)
+        if sampler == "ddim":
             return self._ddim(x_T, timesteps, chain, eta)
         return self._ancestral(x_T, timesteps, chain)
 
@@ -423,3 +447,118 @@ class DDPM(GenerativeModel):
                  "value": smallest[worst], "tolerance": tolerance,
                  "detail": "smallest bound term (nats) over 8 test images, per term: "
                            + ", ".join(f"{k} {v:.4g}" for k, v in smallest.items())}]
+
+    # --- the probability-flow ODE (models/ode.py) ------------------------------------------------
+    def ode_timestep(self, lam: torch.Tensor) -> torch.Tensor:
+        """The network's (float) timestep at log sigma = ``lam``: the 0-based index, interpolated linearly
+        in log sigma between the chain's integer timesteps (extrapolated linearly outside them)."""
+        grid = self.ode_lambdas.to(lam.device)
+        lam64 = lam.double().reshape(1)
+        i = torch.searchsorted(grid, lam64).clamp(1, self.T - 1)
+        lo, hi = grid[i - 1], grid[i]
+        return ((i - 1).double() + (lam64 - lo) / (hi - lo)).reshape(lam.shape).to(lam.dtype)
+
+    def probability_flow(self, lam: torch.Tensor, xbar: torch.Tensor) -> torch.Tensor:
+        """d xbar / d lambda = sigma eps(sqrt(abar) xbar, t(lambda)), sigma = e^lambda, abar = 1 / (1 + sigma^2).
+
+        abar and sigma are exact functions of lambda; only the network's timestep is interpolated."""
+        sigma = torch.exp(lam)
+        x_t = xbar * torch.rsqrt(1 + sigma * sigma)
+        t = self.ode_timestep(lam).to(xbar.dtype).expand(xbar.shape[0])
+        return sigma * self.net(x_t, t)
+
+    @property
+    def ode_ends(self) -> tuple[float, float]:
+        """(lambda at the data end, lambda at the noise end): log sigma at timestep index 0 and T - 1."""
+        return self.ode_lambdas[0].item(), self.ode_lambdas[-1].item()
+
+    def ode_log_prior(self, xbar: torch.Tensor) -> torch.Tensor:
+        """log N(xbar; 0, (1 + sigma_max^2) I) per example: x_T = sqrt(abar_T) xbar ~ N(0, I), as in the chain."""
+        var = 1.0 / self.chain.abar[-1].item()  # 1 + sigma_max^2
+        return -0.5 * (xbar.double() ** 2 / var + math.log(2 * math.pi * var)).flatten(1).sum(1).to(xbar.dtype)
+
+    @property
+    def ode_exact_trace(self) -> bool:
+        return self.dim <= self.ode_exact_trace_max_dim
+
+    def ode_log_density(self, x: torch.Tensor, *, probes: int | None = None, exact: bool | None = None,
+                        generator: torch.Generator | None = None, rtol: float | None = None,
+                        atol: float | None = None) -> tuple[torch.Tensor, int]:
+        """log p(x) of each row of ``x`` (model space, the data end) under the probability-flow ODE:
+        (probes x N, NFE). One row when the trace is exact (default: where D <= ode_exact_trace_max_dim)."""
+        a0 = self.chain.abar[0].item()
+        lam_data, lam_noise = self.ode_ends
+        exact = self.ode_exact_trace if exact is None else exact
+        log_p, nfe = log_likelihood(DensityDynamics(self.probability_flow), x / math.sqrt(a0), t_data=lam_data,
+                                    t_noise=lam_noise, probes=probes or self.ode_probes, exact=exact,
+                                    rtol=rtol or self.ode_rtol, atol=atol or self.ode_atol,
+                                    max_num_steps=self.ode_max_steps, log_prior=self.ode_log_prior,
+                                    generator=generator, who="DDPM's probability-flow ODE")
+        # x = sqrt(abar_0) xbar: log p(x) = log p(xbar) - D log sqrt(abar_0).
+        return log_p - 0.5 * self.dim * math.log(a0), nfe
+
+    @torch.no_grad()
+    def ode_nll(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, list[int]]:
+        """The dequantization bound on the discrete NLL of 8-bit ``x`` under the ODE, in nats: (probes x N,
+        the NFE of each solve). Dequantization noise and probes come from ``generator`` (CPU) if given."""
+        dtype = next(self.net.parameters()).dtype
+        y = dequantize(x.detach().cpu().to(dtype), generator).to(x.device)
+        z = 2.0 * y - 1.0  # density of y = density of z times 2^D
+        per_solve = max(1, self.max_eval_batch // (1 if self.ode_exact_trace else self.ode_probes))
+        parts, nfes = [], []
+        for i in range(0, len(z), per_solve):
+            log_p, nfe = self.ode_log_density(z[i:i + per_solve], generator=generator)
+            parts.append(log_p)
+            nfes.append(nfe)
+        nll_y = -(torch.cat(parts, dim=1) + self.dim * math.log(2.0))
+        return discrete_nll_from_dequantized(nll_y, self.dim), nfes
+
+    @torch.no_grad()
+    def ode_sample(self, x_T: torch.Tensor) -> torch.Tensor:
+        """x at the chain's first step from x_T, along the probability-flow ODE (dopri5 at ode_sample_tol,
+        NFE counted into ``ode_sample_nfe``); on [-1, 1] up to that step's small noise (not clipped)."""
+        lam_data, lam_noise = self.ode_ends
+        field = CountedField(self.probability_flow)
+        try:
+            xbar = solve(field, x_T / math.sqrt(self.chain.abar[-1].item()), lam_noise, lam_data,
+                         rtol=self.ode_sample_tol, atol=self.ode_sample_tol, max_num_steps=self.ode_max_steps,
+                         who="DDPM's probability-flow ODE sampler")
+        finally:
+            self.ode_sample_nfe.append(field.calls)
+        return math.sqrt(self.chain.abar[0].item()) * xbar
+
+    def extra_metrics(self, x_test: torch.Tensor) -> list[dict]:
+        """test_nll_ode and test_bpd_ode: the ODE likelihood of the first ``ode_images`` test images (none if
+        the solve hits ode_max_steps). A private generator draws the dequantization noise and the probes, so
+        the global RNG (and every other metric's draw) is untouched."""
+        x = x_test[:self.ode_images]
+        if len(x) == 0:
+            return []
+        try:
+            per, nfes = self.ode_nll(x, generator=torch.Generator().manual_seed(ODE_SEED))
+        except SolverStepLimit as exc:
+            warnings.warn(f"DDPM: no ODE likelihood rows: {exc}", RuntimeWarning, stacklevel=2)
+            return []
+        per = per.double().cpu()
+        probes, n = per.shape
+        per_image = per.mean(0)
+        nll = per_image.mean().item()
+        se = (per_image.std().item() / math.sqrt(n)) if n > 1 else float("nan")
+        probe_se = (per.var(0).sum().sqrt().item() / (math.sqrt(probes) * n)) if probes > 1 else None
+        trace = "exact trace" if self.ode_exact_trace else f"{probes} Hutchinson probe(s) per image"
+        nfe = (f"NFE {nfes[0]}" if len(nfes) == 1 else
+               f"NFE {sum(nfes) / len(nfes):.1f} per solve over {len(nfes)} solves")
+
+        def note(scale, unit):
+            spread = f"standard error over images {se * scale:.3g} {unit}"
+            if probe_se is not None:
+                spread += f" (of it, probe noise {probe_se * scale:.3g})"
+            elif not self.ode_exact_trace:
+                spread += " (probe noise included)"
+            return (f"probability-flow ODE (DDIM's, in log sigma), dopri5 rtol={self.ode_rtol:g} "
+                    f"atol={self.ode_atol:g}; the first {n} test images, {trace}; {nfe}; {spread}")
+
+        bpd_scale = bits_per_dim(1.0, self.dim)
+        return [{"metric": "test_nll_ode", "value": nll, "unit": "nats", "kind": "bound", "note": note(1.0, "nats")},
+                {"metric": "test_bpd_ode", "value": bits_per_dim(nll, self.dim), "unit": "bits/dim", "kind": "bound",
+                 "note": note(bpd_scale, "bits/dim")}]

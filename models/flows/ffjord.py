@@ -15,7 +15,8 @@ on e. ``nll`` averages ``eval_probes`` estimates and ``extra_metrics`` states th
 (``nll_probe_se``); where D <= ``exact_trace_max_dim`` it uses the exact trace. Sampling draws
 z(1) ~ N(0, I) and integrates back from t = 1 to t = 0, without the trace.
 
-Both directions use torchdiffeq's adaptive dopri5; gradients backpropagate through the solver's steps
+Both directions use torchdiffeq's adaptive dopri5 through models/ode.py, which flow matching and DDPM's
+probability-flow likelihood share; gradients backpropagate through the solver's steps
 (no adjoint). Dequantization and the logit transform are RealNVP's, so ``nll`` is the bound on the
 discrete NLL: -log p(y) + D ln 256 including the logit Jacobian; likelihood kind 'bound'.
 
@@ -34,15 +35,13 @@ batch of 32 learnt no faster and cost twice the time per step.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchdiffeq import odeint
 
 from models.base import GenerativeModel, bits_per_dim, dequantize, discrete_nll_from_dequantized
 from models.flows.realnvp import RealNVP
+from models.ode import CountedField, DensityDynamics, log_likelihood, solve
 from models.registry import register
 
 
@@ -74,72 +73,8 @@ class VectorField(nn.Module):
         return self.convs[-1](t, z)
 
 
-def exact_divergence(dz: torch.Tensor, z: torch.Tensor, create_graph: bool) -> torch.Tensor:
-    """tr(df/dz) per example: D vector-Jacobian products with the basis vectors (small D only)."""
-    flat = dz.flatten(1)
-    div = torch.zeros(dz.shape[0], dtype=dz.dtype, device=dz.device)
-    for i in range(flat.shape[1]):
-        grad = torch.autograd.grad(flat[:, i].sum(), z, create_graph=create_graph, retain_graph=True)[0]
-        div = div + grad.flatten(1)[:, i]
-    return div
-
-
-def hutchinson_divergence(dz: torch.Tensor, z: torch.Tensor, probe: torch.Tensor,
-                          create_graph: bool) -> torch.Tensor:
-    """e^T (df/dz) e per example, one vector-Jacobian product; unbiased for the trace when E[e e^T] = I."""
-    vjp = torch.autograd.grad(dz, z, probe, create_graph=create_graph)[0]
-    return (vjp * probe).flatten(1).sum(1)
-
-
-def rademacher_like(z: torch.Tensor) -> torch.Tensor:
-    return torch.randint(0, 2, z.shape, device=z.device).to(z.dtype) * 2 - 1
-
-
 def _mean(values) -> float:
     return sum(values) / len(values)
-
-
-class SolverStepLimit(RuntimeError):
-    """An adaptive solve needed more than ``max_num_steps`` steps."""
-
-
-class CountedField:
-    """dz/dt = f(z, t) alone (sampling), counting its calls. Holds the model's field, not a copy."""
-
-    def __init__(self, field: nn.Module):
-        self.field = field
-        self.calls = 0
-
-    def __call__(self, t, z):
-        self.calls += 1
-        return self.field(t, z)
-
-
-class DensityDynamics:
-    """The augmented ODE d(z, delta)/dt = (f, -tr(df/dz)), counting its calls.
-
-    ``probe`` is the Hutchinson noise for the current solve, set once before it (None: exact trace)."""
-
-    def __init__(self, field: nn.Module):
-        self.field = field
-        self.calls = 0
-        self.probe: torch.Tensor | None = None
-
-    def __call__(self, t, state):
-        z, _ = state
-        self.calls += 1
-        create_graph = torch.is_grad_enabled()  # training: the trace itself must be differentiable
-        with torch.enable_grad():
-            if not z.requires_grad:  # evaluation, or the data at t0: differentiate at a fresh leaf
-                z = z.detach().requires_grad_(True)
-            dz = self.field(t, z)
-            if self.probe is None:
-                div = exact_divergence(dz, z, create_graph)
-            else:
-                div = hutchinson_divergence(dz, z, self.probe, create_graph)
-        if not create_graph:
-            dz, div = dz.detach(), div.detach()
-        return dz, -div
 
 
 CHECK_RTOL = 1e-6  # the round-trip self-check's solver tolerance (rtol = atol)
@@ -185,21 +120,7 @@ class FFJORD(GenerativeModel):
     def exact_trace(self) -> bool:
         return self.dim <= self.exact_trace_max_dim
 
-    # --- solves ------------------------------------------------------------------------------
-    def _odeint(self, func, state, t0: float, t1: float, rtol: float, atol: float):
-        ref = state[0] if isinstance(state, tuple) else state
-        times = torch.tensor([t0, t1], dtype=ref.dtype, device=ref.device)
-        try:
-            out = odeint(func, state, times, method="dopri5", rtol=rtol, atol=atol,
-                         options={"max_num_steps": self.max_num_steps})
-        except AssertionError as exc:
-            if "max_num_steps" not in str(exc):
-                raise
-            raise SolverStepLimit(
-                f"FFJORD: a dopri5 solve (rtol={rtol:g}, atol={atol:g}) needed more than {self.max_num_steps} "
-                f"steps; the field has become stiff: raise max_num_steps or loosen the tolerances") from None
-        return tuple(s[-1] for s in out) if isinstance(out, tuple) else out[-1]
-
+    # --- solves (models/ode.py) ------------------------------------------------------------------
     def integrate_density(self, z0: torch.Tensor, probe: torch.Tensor | None, rtol: float, atol: float,
                           purpose: str, t0: float = 0.0, t1: float = 1.0):
         """Solve the augmented ODE from t0 to t1: returns (z(t1), delta), delta = -int_t0^t1 tr(df/dz) dt."""
@@ -207,18 +128,19 @@ class FFJORD(GenerativeModel):
         before = self.dynamics.calls
         delta0 = torch.zeros(z0.shape[0], dtype=z0.dtype, device=z0.device)
         try:
-            z1, delta = self._odeint(self.dynamics, (z0, delta0), t0, t1, rtol, atol)
+            return solve(self.dynamics, (z0, delta0), t0, t1, rtol=rtol, atol=atol,
+                         max_num_steps=self.max_num_steps, who="FFJORD")
         finally:
             self.dynamics.probe = None
             self.nfe_log[purpose].append(self.dynamics.calls - before)
-        return z1, delta
 
     def integrate_field(self, z: torch.Tensor, t0: float, t1: float, rtol: float, atol: float,
                         purpose: str = "sample") -> torch.Tensor:
         """z(t1) from z(t0) along f alone (no trace): sampling (t0=1 -> t1=0) and its checks."""
         before = self.sampler_dynamics.calls
         try:
-            return self._odeint(self.sampler_dynamics, z, t0, t1, rtol, atol)
+            return solve(self.sampler_dynamics, z, t0, t1, rtol=rtol, atol=atol, max_num_steps=self.max_num_steps,
+                         who="FFJORD")
         finally:
             self.nfe_log[purpose].append(self.sampler_dynamics.calls - before)
 
@@ -228,16 +150,14 @@ class FFJORD(GenerativeModel):
 
         Exact (no probe) where D <= exact_trace_max_dim: then a single row."""
         z0, logdet_logit = self.to_logit(y)
-        n = y.shape[0]
-        if self.exact_trace:
-            probes, probe = 1, None
-        else:  # the probes ride along as copies of the batch, each with its own fixed noise
-            z0 = z0.repeat(probes, 1, 1, 1)
-            probe = rademacher_like(z0)
-        z1, delta = self.integrate_density(z0, probe, rtol, atol, purpose)
-        log_prior = -0.5 * (z1 ** 2 + math.log(2 * math.pi)).flatten(1).sum(1)
-        log_p = log_prior - delta  # log p(z0) = log N(z1) + int tr
-        return -(log_p.view(probes, n) + logdet_logit)
+        before = self.dynamics.calls
+        try:
+            log_p, _ = log_likelihood(self.dynamics, z0, t_data=0.0, t_noise=1.0, probes=probes,
+                                      exact=self.exact_trace, rtol=rtol, atol=atol,
+                                      max_num_steps=self.max_num_steps, who="FFJORD")
+        finally:
+            self.nfe_log[purpose].append(self.dynamics.calls - before)
+        return -(log_p + logdet_logit)
 
     def nll(self, x: torch.Tensor) -> torch.Tensor:
         """The dequantization bound on the discrete NLL, at the evaluation tolerances; with Hutchinson

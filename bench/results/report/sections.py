@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bench.results import plots
@@ -286,7 +287,8 @@ def _flat(value) -> str:
 def report_blocks(run: Run) -> list[Block]:
     return (header_blocks(run) + summary_blocks(run) + likelihood_blocks(run) + uncertainty_blocks(run)
             + checks_blocks(run) + plot_blocks(run) + sample_blocks(run) + memorisation_blocks(run)
-            + steps_curve_blocks(run) + scaling_blocks(run) + jobs_blocks(run) + config_blocks(run))
+            + steps_curve_blocks(run) + continuous_time_blocks(run) + scaling_blocks(run) + jobs_blocks(run)
+            + config_blocks(run))
 
 
 UNCERTAINTY_NOTES = [
@@ -379,4 +381,273 @@ def steps_curve_blocks(run: Run) -> list[Block]:
     if skipped:
         blocks += [para("Step counts not measured (their projected time exceeded the curve's budget):"),
                    bullets(skipped)]
+    return blocks
+
+
+# --- continuous-time models ----------------------------------------------------------------------
+# Which models count as continuous-time is decided here, once, by the rows a run holds rather than by a list
+# of names: a model is continuous-time when it has a finite row that only an ODE solve produces, the
+# solver's measured cost (nll_nfe, train_nfe), its tolerance (solver_rtol) or a probability-flow ODE
+# likelihood (test_bpd_ode, test_nll_ode). FFJORD and flow matching report their solver's cost; DDPM
+# qualifies by its probability-flow ODE likelihood. A new ODE model that reports its solver's cost is
+# picked up without editing this section. A steps curve alone does not qualify: an EBM's Langevin steps
+# and a DDPM's ancestral chain (a run without its ODE likelihood) trade steps for quality without an ODE.
+ODE_METRICS = ("nll_nfe", "train_nfe", "solver_rtol", "test_bpd_ode", "test_nll_ode")
+OUT_OF_RANGE = "—"  # the NFE lies outside the model's measured points: never extrapolated
+PLOT_NAME = "continuous_time.png"
+
+
+def continuous_time_models(run: Run) -> list[str]:
+    """The run's continuous-time models (see ODE_METRICS), in the run's order."""
+    m = run.metrics
+    values = pd.to_numeric(m["value"], errors="coerce")
+    marked = m[m["metric"].isin(ODE_METRICS) & values.notna() & np.isfinite(values.fillna(0))
+               & (m["model"] != DATA_MODEL)]
+    found = set(marked["model"])
+    order = list(dict.fromkeys(list(run.summary["model"]) + list(m["model"])))
+    return [model for model in order if model in found]
+
+
+def _seed_values(metrics: pd.DataFrame, model: str, metric: str) -> pd.Series:
+    """A headline metric of one model, one finite value per seed (the mean of duplicates)."""
+    rows = results.headline(metrics)
+    rows = rows[(rows["model"] == model) & (rows["metric"] == metric)]
+    values = pd.to_numeric(rows["value"], errors="coerce")
+    values = values[values.notna() & np.isfinite(values.fillna(0))]
+    return values.groupby(rows.loc[values.index, "seed"].astype(str)).mean()
+
+
+def _mean(metrics: pd.DataFrame, model: str, metric: str) -> float:
+    values = _seed_values(metrics, model, metric)
+    return float(values.mean()) if len(values) else float("nan")
+
+
+def _spread(values: pd.Series, n_seeds: int, fmt) -> str:
+    """'mean ± std' over seeds (sample std, like the summary's cells), '(n=k)' where fewer seeds measured it.
+    ``fmt(value, mean)`` writes one number, its digits fixed by the mean."""
+    values = values.dropna()
+    if values.empty:
+        return numbers.MISSING
+    mean = float(values.mean())
+    text = fmt(mean, mean)
+    std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+    if pd.notna(std) and std != 0:
+        text += f" ± {fmt(std, mean)}"
+    if len(values) < n_seeds:
+        text += f" (n={len(values)})"
+    return text
+
+
+def _integer(value, mean):
+    return numbers.fixed(value, 0)
+
+
+def _flops(value, mean):
+    return numbers.scientific(value)
+
+
+def _seconds(value, mean):
+    return numbers.fixed(value, numbers.metric_decimals("seconds_per_step", mean))
+
+
+def nfe_fid_points(run: Run, model: str) -> pd.DataFrame:
+    """The model's measured (NFE, FID) points, means over seeds: its steps curve plus its headline point
+    (its own sampler, the summary's FID), one row per distinct NFE; ``headline`` marks the latter."""
+    columns = ["model", "nfe", "fid", "headline"]
+    curve = steps_points(run.metrics)
+    curve = curve[curve["model"] == model]
+    rows = [(float(n), float(f), False) for n, f in zip(curve["nfe"], curve["fid"]) if pd.notna(n) and pd.notna(f)]
+    nfe, fid = _mean(run.metrics, model, "sampling_nfe"), _mean(run.metrics, model, "fid")
+    if pd.notna(nfe) and pd.notna(fid):
+        rows.append((nfe, fid, True))
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    d = pd.DataFrame(rows, columns=["nfe", "fid", "headline"])
+    d = d[d["nfe"] > 0]
+    d = d.groupby(d["nfe"].round(9), sort=True).agg(nfe=("nfe", "first"), fid=("fid", "mean"),
+                                                     headline=("headline", "any")).reset_index(drop=True)
+    return d.assign(model=model)[columns]
+
+
+def _within(x: float, points: pd.DataFrame) -> bool:
+    lo, hi = points["nfe"].min(), points["nfe"].max()
+    return lo * (1 - 1e-9) <= x <= hi * (1 + 1e-9)
+
+
+def fid_at_nfe(points: pd.DataFrame, nfe: float) -> float:
+    """FID at ``nfe``, linear in log NFE between the two measured points around it; NaN outside the
+    measured range (no extrapolation)."""
+    if points.empty or not _within(nfe, points):
+        return float("nan")
+    p = points.sort_values("nfe")
+    return float(np.interp(np.log(nfe), np.log(p["nfe"].to_numpy(float)), p["fid"].to_numpy(float)))
+
+
+def nfe_to_reach(points: pd.DataFrame, target: float) -> tuple[float, str]:
+    """(NFE, how) at which the model's FID first reaches ``target`` (FID <= target), walking its points by
+    increasing NFE and interpolating linearly in log NFE across the crossing. how: "interpolated";
+    "cheapest" (already reached at its cheapest measured point, so at most that NFE: nothing is
+    extrapolated below it); "not reached" (no measured point reaches it); "missing" (no points)."""
+    if points.empty:
+        return float("nan"), "missing"
+    p = points.sort_values("nfe")
+    nfe, fid = p["nfe"].to_numpy(float), p["fid"].to_numpy(float)
+    if fid[0] <= target:
+        return float(nfe[0]), "cheapest"
+    for i in range(1, len(nfe)):
+        if fid[i] <= target:
+            if fid[i] == target:
+                return float(nfe[i]), "interpolated"
+            t = (target - fid[i - 1]) / (fid[i] - fid[i - 1])
+            return float(np.exp(np.log(nfe[i - 1]) + t * (np.log(nfe[i]) - np.log(nfe[i - 1])))), "interpolated"
+    return float("nan"), "not reached"
+
+
+def choose_fixed_nfe(curves: dict[str, pd.DataFrame]) -> float | None:
+    """The NFE the models' FIDs are compared at: of the NFEs any of them measured, the one inside the
+    measured range of the most models (all of them when their ranges overlap), the smallest of those."""
+    curves = {m: c for m, c in curves.items() if not c.empty}
+    candidates = sorted({float(v) for c in curves.values() for v in c["nfe"]})
+    if not candidates:
+        return None
+    return max(candidates, key=lambda x: (sum(_within(x, c) for c in curves.values()), -x))
+
+
+def choose_target_fid(curves: dict[str, pd.DataFrame]) -> float | None:
+    """The FID the NFE column asks for: the worst of the best FIDs of the models measured at two or more
+    NFEs (so each of them reaches it), or of every model when none was."""
+    curves = {m: c for m, c in curves.items() if not c.empty}
+    pool = {m: c for m, c in curves.items() if c["nfe"].nunique() >= 2} or curves
+    return max(float(c["fid"].min()) for c in pool.values()) if pool else None
+
+
+def _bpd_cell(run: Run, model: str, metric: str, n_seeds: int, source: str) -> str:
+    values = _seed_values(run.metrics, model, metric)
+    if values.empty:
+        return numbers.MISSING
+    text = _spread(values, n_seeds, lambda v, mean: numbers.fixed(v, numbers.metric_decimals(metric, mean)))
+    rows = run.metrics[(run.metrics["model"] == model) & (run.metrics["metric"] == metric)]
+    kinds = [str(k) for k in rows["kind"].dropna() if str(k)] if "kind" in rows else []
+    label = "; ".join(filter(None, [kinds[0] if kinds else "", source]))
+    return f"{text} ({label})" if label else text
+
+
+def continuous_time_table(run: Run, models: list[str], curves: dict[str, pd.DataFrame], fixed: float | None,
+                          target: float | None) -> pd.DataFrame:
+    """One row per continuous-time model; every cell a string."""
+    rows = []
+    for model in models:
+        m = run.metrics
+        own = results.headline(m)[results.headline(m)["model"] == model]
+        n_seeds = int(own["seed"].astype(str).nunique())
+        tracks = own["track"].dropna().astype(str).unique() if "track" in own else []
+        has_ode_bpd = not _seed_values(m, model, "test_bpd_ode").empty
+        solver = not _seed_values(m, model, "nll_nfe").empty
+        steps, seconds = _seed_values(m, model, "train_steps"), _seed_values(m, model, "train_seconds")
+        per_step = (seconds / steps[steps > 0]).dropna()
+        fid = _seed_values(m, model, "fid")
+        head = _spread(fid, n_seeds, lambda v, mean: numbers.fixed(v, numbers.metric_decimals("fid", mean)))
+        nfe = _mean(m, model, "sampling_nfe")
+        if head != numbers.MISSING and pd.notna(nfe):
+            head += f" @ NFE {numbers.metric(nfe, 'sampling_nfe')}"
+        out = {"model": model, "track": ", ".join(tracks) or "-", "seeds": str(n_seeds),
+               "train steps": _spread(steps, n_seeds, _integer),
+               "train FLOPs": _spread(_seed_values(m, model, "train_flops"), n_seeds, _flops),
+               "s / train step": _spread(per_step, n_seeds, _seconds),
+               "bits/dim": _bpd_cell(run, model, "test_bpd", n_seeds,
+                                     "VLB" if has_ode_bpd else "its ODE" if solver else ""),
+               "bits/dim, probability-flow ODE": _bpd_cell(run, model, "test_bpd_ode", n_seeds,
+                                                           "probability-flow ODE"),
+               "FID (own sampler) @ NFE": head}
+        if fixed is not None:
+            points = curves[model]
+            value = fid_at_nfe(points, fixed)
+            out[f"FID @ NFE {numbers.significant(fixed)}"] = (
+                numbers.MISSING if points.empty else OUT_OF_RANGE if pd.isna(value) else numbers.metric(value, "fid"))
+        if target is not None:
+            value, how = nfe_to_reach(curves[model], target)
+            out[f"NFE to FID ≤ {numbers.metric(target, 'fid')}"] = {
+                "missing": numbers.MISSING, "cheapest": f"≤ {numbers.significant(value)}",
+                "interpolated": numbers.significant(value),
+                "not reached": f"not reached (best {numbers.metric(curves[model]['fid'].min(), 'fid')})"
+                if not curves[model].empty else "not reached"}[how]
+        rows.append(out)
+    table = pd.DataFrame(rows)
+    if (table["bits/dim, probability-flow ODE"] == numbers.MISSING).all():
+        table = table.drop(columns=["bits/dim, probability-flow ODE"])
+    return table
+
+
+def continuous_time_notes(run: Run, models: list[str], curves: dict[str, pd.DataFrame], fixed: float | None,
+                          target: float | None) -> list[str]:
+    m = run.metrics
+    kinds: dict[str, list[str]] = {}  # kind -> the figures of that kind
+    for model in models:
+        has_ode_bpd = ((m["model"] == model) & (m["metric"] == "test_bpd_ode")).any()
+        figures = (("test_bpd", " (VLB)" if has_ode_bpd else ""), ("test_bpd_ode", " (probability-flow ODE)"))
+        for metric, what in figures:
+            rows = m[(m["model"] == model) & (m["metric"] == metric)]
+            if not rows.empty and "kind" in rows:
+                kind = str(rows["kind"].dropna().iloc[0]) if rows["kind"].notna().any() else "unknown"
+                kinds.setdefault(kind, []).append(model + what)
+    kind_text = "; ".join(f"{kind}: {', '.join(who)}" for kind, who in kinds.items()) or "none measured"
+    notes = [
+        "train steps, train FLOPs: the optimisation steps the budget bought and their matmul/conv FLOPs, forward "
+        "and backward (elementwise ops not counted). s / train step: train_seconds / train_steps of each seed, "
+        "then mean ± std over the seeds, as every cell here (sample std; (n=k): fewer seeds measured it).",
+        "bits/dim: the test split's, with its kind; bound = an upper bound on the NLL of the discrete images "
+        "(dequantization bound, or a variational bound), exact = the exact likelihood. Kinds in this run: "
+        f"{kind_text}. `its ODE`: the model's own ODE likelihood (instantaneous change of variables, "
+        "Hutchinson trace, adaptive solver); `VLB`: DDPM's variational bound of its T-step chain; "
+        "`probability-flow ODE`: the likelihood of the probability-flow ODE of the same trained DDPM network "
+        "(Song et al. 2021), a dequantization bound too. A bound at a finite budget can be far from the true "
+        "NLL, and bits/dim compare only within one track.",
+        "FID (own sampler) @ NFE: the summary's FID at the model's own sampler, with the network evaluations "
+        "one sample cost (the measured mean for an adaptive solver such as dopri5).",
+    ]
+    if fixed is not None:
+        notes.append(
+            f"FID @ NFE {numbers.significant(fixed)}: each model's measured (NFE, FID) points, its steps curve "
+            "and its headline point (means over seeds), interpolated linearly in log NFE. The fixed NFE is, of the "
+            "NFEs any of these models measured, the one inside the measured range of the most models (all of "
+            "them when their ranges overlap), the smallest such. "
+            f"{OUT_OF_RANGE}: outside the model's measured range: never extrapolated.")
+    if target is not None:
+        notes.append(
+            f"NFE to FID ≤ {numbers.metric(target, 'fid')}: the fewest NFE at which the model's points reach that "
+            "FID, interpolated linearly in log NFE between the last point above it and the first at or below it. "
+            "The target is the worst of the best FIDs of the models measured at two or more NFEs, so each of them "
+            "reaches it. ≤ n: already reached at its cheapest measured point n (nothing extrapolated below it); "
+            "not reached: none of its measured points does.")
+    if fixed is None and target is None:
+        notes.append("No FID with an NFE was measured for these models.")
+    notes.append("-: not measured (a failed job, or a metric this run did not compute).")
+    samplers = [f"{model}: {run.info[model]['sampler']}" for model in models
+                if run.info.get(model, {}).get("sampler")]
+    if samplers:
+        notes.append("Samplers behind the points (a steps curve varies the steps of this sampler; adaptive "
+                     "headline samplers are not on a fixed-step curve): " + "; ".join(samplers) + ".")
+    return notes
+
+
+def continuous_time_blocks(run: Run) -> list[Block]:
+    """FFJORD against flow matching and DDPM's ODE: training cost, bits/dim, FID at a fixed NFE and the
+    NFE a target FID costs. Only when the run holds two or more continuous-time models (ODE_METRICS)."""
+    models = continuous_time_models(run)
+    if len(models) < 2:
+        return []
+    curves = {model: nfe_fid_points(run, model) for model in models}
+    fixed, target = choose_fixed_nfe(curves), choose_target_fid(curves)
+    blocks = [h2("Continuous-time models"),
+              para("The models whose figures come from ODE solves (" + ", ".join(models) + "), side by side: "
+                   "what training cost, the likelihood each reports, and sample quality against the network "
+                   "evaluations (NFE) a sample costs. " + classifier_line(run)),
+              table(continuous_time_table(run, models, curves, fixed, target)),
+              bullets(continuous_time_notes(run, models, curves, fixed, target))]
+    points = pd.concat([c for c in curves.values() if not c.empty] or [pd.DataFrame(columns=["model", "nfe", "fid",
+                                                                                             "headline"])])
+    path = plots.fid_against_nfe(points, run.folder / "plots" / PLOT_NAME, fixed, target)
+    if path is not None:
+        blocks.append(images([(f"plots/{path.name}", "FID against NFE (log scale) per continuous-time model: "
+                                                     "steps-curve points, the headline point starred.")]))
     return blocks
