@@ -40,9 +40,12 @@ minimum is the conditional variance of u given x_t), and a lower loss need not m
 the bits/dim comes only from solving the ODE. And the time runs the other way from FFJORD's (noise
 at t = 0 here), so the likelihood solve runs from t = 1 to t = 0.
 
-Size: width 32, batch 64 and lr 2e-3, as DDPM's U-Net (a step costs what DDPM's does). Evaluation
-solves at rtol = atol = 1e-3 (``rtol``/``atol``), looser than FFJORD's 1e-4, because each function
-evaluation here is a U-Net pass on the whole batch: see docs/design.md for the measured cost.
+Size and cost: DDPM's U-Net at half its width (16: about 12 MFLOPs a forward pass at 28x28, near FFJORD's
+field), batch 64, lr 2e-3. Evaluation solves at rtol = atol = 1e-3 (``rtol``/``atol``), looser than
+FFJORD's 1e-4, because each function evaluation is a U-Net pass and a vector-Jacobian product on the whole
+batch. Measured in a default run (60 s of training, mnist5k, the 2-core CPU, beside FFJORD and DDPM): 465
+training steps (FFJORD: 53), then the likelihood solves took 302 s of the 400 s evaluation (1,000 test
+images x 2 probes, NFE 62), against 106 s for FFJORD's.
 """
 from __future__ import annotations
 
