@@ -30,6 +30,8 @@ import math
 import torch
 from torchdiffeq import odeint
 
+from models.base import bits_per_dim
+
 ADAPTIVE = ("dopri5",)
 FIXED_STEP = {"euler": 1, "midpoint": 2, "rk4": 4}  # solver -> evaluations per step
 
@@ -157,3 +159,15 @@ def log_likelihood(dynamics: DensityDynamics, z: torch.Tensor, *, t_data: float,
     finally:
         dynamics.probe = None
     return (log_prior(z_noise) - delta).view(probes, n), dynamics.calls - before
+
+
+def probe_error_rows(variances: list[torch.Tensor], probes: int, dim: int) -> list[dict]:
+    """``nll_probe_se`` and ``bpd_probe_se``: the standard error of a mean test NLL from the Hutchinson
+    probes alone, from the per-image variances of each image's probe mean (``variances``, as ``nll``
+    collects them). The dequantization noise is not in it."""
+    variance = torch.cat(variances)
+    se = variance.sum().sqrt().item() / len(variance)
+    return [{"metric": "nll_probe_se", "value": se, "unit": "nats", "kind": "estimate",
+             "note": f"standard error of test_nll from Hutchinson noise, {probes} probes x {len(variance)} images"},
+            {"metric": "bpd_probe_se", "value": bits_per_dim(se, dim), "unit": "bits/dim", "kind": "estimate",
+             "note": "nll_probe_se in bits/dim"}]

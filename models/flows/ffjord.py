@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import GenerativeModel, bits_per_dim, dequantize, discrete_nll_from_dequantized
+from models.base import GenerativeModel, dequantize, discrete_nll_from_dequantized
 from models.flows.realnvp import RealNVP
-from models.ode import CountedField, DensityDynamics, log_likelihood, solve
+from models.ode import CountedField, DensityDynamics, log_likelihood, probe_error_rows, solve
 from models.registry import register
 
 
@@ -213,13 +213,7 @@ class FFJORD(GenerativeModel):
                          "kind": "measured",
                          "note": f"mean per training step (the forward solve; backprop not counted), {training}"})
         if self._probe_variance:
-            variance = torch.cat(self._probe_variance)
-            se = variance.sum().sqrt().item() / len(variance)
-            rows += [{"metric": "nll_probe_se", "value": se, "unit": "nats", "kind": "estimate",
-                      "note": f"standard error of test_nll from Hutchinson noise, {self.eval_probes} probes "
-                              f"x {len(variance)} images"},
-                     {"metric": "bpd_probe_se", "value": bits_per_dim(se, self.dim), "unit": "bits/dim",
-                      "kind": "estimate", "note": "nll_probe_se in bits/dim"}]
+            rows += probe_error_rows(self._probe_variance, self.eval_probes, self.dim)
             self._probe_variance.clear()
         return rows
 

@@ -55,8 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import GenerativeModel, bits_per_dim, dequantize, discrete_nll_from_dequantized
-from models.ode import FIXED_STEP, CountedField, DensityDynamics, log_likelihood, solve
+from models.base import GenerativeModel, dequantize, discrete_nll_from_dequantized
+from models.ode import FIXED_STEP, CountedField, DensityDynamics, log_likelihood, probe_error_rows, solve
 from models.registry import register
 from models.unet import UNet
 
@@ -252,13 +252,7 @@ class FlowMatching(GenerativeModel):
                 {"metric": "solver_rtol", "value": self.rtol, "unit": "", "kind": "exact",
                  "note": f"{setting} for nll and adaptive sampling; training solves nothing"}]
         if self._probe_variance:
-            variance = torch.cat(self._probe_variance)
-            se = variance.sum().sqrt().item() / len(variance)
-            rows += [{"metric": "nll_probe_se", "value": se, "unit": "nats", "kind": "estimate",
-                      "note": f"standard error of test_nll from Hutchinson noise, {self.eval_probes} probes "
-                              f"x {len(variance)} images"},
-                     {"metric": "bpd_probe_se", "value": bits_per_dim(se, self.dim), "unit": "bits/dim",
-                      "kind": "estimate", "note": "nll_probe_se in bits/dim"}]
+            rows += probe_error_rows(self._probe_variance, self.eval_probes, self.dim)
             self._probe_variance.clear()
         return rows
 
