@@ -30,15 +30,15 @@ batch's noise is re-paired with its data by the exact optimal assignment under s
 two equal batches with uniform weights the OT plan is a permutation: scipy's linear_sum_assignment).
 Straighter paths, so fewer solver steps for the same samples.
 
-Two traps. The U-Net's sinusoidal time embedding was sized for DDPM's integer timesteps 0..999, where
-sin(t) changes a lot from one step to the next. An ODE solver evaluates the field at every real t, and at
-DDPM's scale (t in [0, 1] times 1000) the field oscillates in t with a period of 0.006: an adaptive solve
-of the untrained 4x4 test field at rtol 1e-5 took 1,016 evaluations, against 296 at scale 50, 74 at 10
-and 32 with t in [0, 1] itself, which is what this model feeds the network (``TIME_SCALE``). And the
-loss is not a likelihood. It is a regression error that does not go to zero (its
-minimum is the conditional variance of u given x_t), and a lower loss need not mean a lower bits/dim;
-the bits/dim comes only from solving the ODE. And the time runs the other way from FFJORD's (noise
-at t = 0 here), so the likelihood solve runs from t = 1 to t = 0.
+Three traps. First, the U-Net's sinusoidal time embedding was sized for DDPM's integer timesteps 0..999,
+where sin(t) changes a lot from one step to the next. An ODE solver evaluates the field at every real t,
+and at DDPM's scale (t in [0, 1] times 1000) the field oscillates in t with a period of 0.006: an adaptive
+solve of the untrained 4x4 test field at rtol 1e-5 took 1,016 evaluations, against 296 at scale 50, 74 at
+10 and 32 with t in [0, 1] itself, which is what this model feeds the network (``TIME_SCALE``). Second,
+the loss is not a likelihood: it is a regression error that does not go to zero (its minimum is the
+conditional variance of u given x_t), a lower loss need not mean a lower bits/dim, and the bits/dim comes
+only from solving the ODE. Third, time runs the other way from FFJORD's (noise at t = 0 here), so the
+likelihood solve runs from t = 1 to t = 0.
 
 Size and cost: DDPM's U-Net at half its width (16: about 12 MFLOPs a forward pass at 28x28, near FFJORD's
 field), batch 64, lr 2e-3. Evaluation solves at rtol = atol = 1e-3 (``rtol``/``atol``), looser than
