@@ -600,7 +600,9 @@ def continuous_time_notes(run: Run, models: list[str], curves: dict[str, pd.Data
         f"{kind_text}. `its ODE`: the model's own ODE likelihood (instantaneous change of variables, "
         "Hutchinson trace, adaptive solver); `VLB`: DDPM's variational bound of its T-step chain; "
         "`probability-flow ODE`: the likelihood of the probability-flow ODE of the same trained DDPM network "
-        "(Song et al. 2021), a dequantization bound too. A bound at a finite budget can be far from the true "
+        "(Song et al. 2021), a dequantization bound too, on the first test images only (how many, and its "
+        "standard error, in the row's note: `ode_images`, 32 by default), so not on the VLB's images. A bound "
+        "at a finite budget can be far from the true "
         "NLL, and bits/dim compare only within one track.",
         "FID (own sampler) @ NFE: the summary's FID at the model's own sampler, with the network evaluations "
         "one sample cost (the measured mean for an adaptive solver such as dopri5).",
