@@ -121,19 +121,6 @@ class FFJORD(GenerativeModel):
         return self.dim <= self.exact_trace_max_dim
 
     # --- solves (models/ode.py) ------------------------------------------------------------------
-    def integrate_density(self, z0: torch.Tensor, probe: torch.Tensor | None, rtol: float, atol: float,
-                          purpose: str, t0: float = 0.0, t1: float = 1.0):
-        """Solve the augmented ODE from t0 to t1: returns (z(t1), delta), delta = -int_t0^t1 tr(df/dz) dt."""
-        self.dynamics.probe = probe
-        before = self.dynamics.calls
-        delta0 = torch.zeros(z0.shape[0], dtype=z0.dtype, device=z0.device)
-        try:
-            return solve(self.dynamics, (z0, delta0), t0, t1, rtol=rtol, atol=atol,
-                         max_num_steps=self.max_num_steps, who="FFJORD")
-        finally:
-            self.dynamics.probe = None
-            self.nfe_log[purpose].append(self.dynamics.calls - before)
-
     def integrate_field(self, z: torch.Tensor, t0: float, t1: float, rtol: float, atol: float,
                         purpose: str = "sample") -> torch.Tensor:
         """z(t1) from z(t0) along f alone (no trace): sampling (t0=1 -> t1=0) and its checks."""
