@@ -3,6 +3,7 @@ and its rows in summary.csv, bench compare and the report (kept apart from the h
 from __future__ import annotations
 
 import json
+import sys
 from types import SimpleNamespace
 
 import pandas as pd
@@ -206,3 +207,25 @@ def test_the_runner_walks_the_registered_measurements_and_a_new_one_is_one_regis
     assert list(norms.model) == ["fvsbn"] and norms.value.item() > 0  # cgan has no exact likelihood
     with pytest.raises(ValueError, match="twice"):
         evaluation.register_measurement(ParameterNorm())
+
+
+class AdaptiveModel(StepModel):
+    """Its own setting is an adaptive solver (flow matching's ``sampling_steps`` None); the curve's points
+    are fixed step counts."""
+
+    def __init__(self):
+        self.sampling_steps = None
+
+    @property
+    def sampling_nfe(self):
+        return 30 if self.sampling_steps is None else self.sampling_steps
+
+
+def test_an_adaptive_headline_has_no_own_point_and_every_option_is_measured(fake_draw, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "StepModel", AdaptiveModel)
+    model, rows, _ = run_curve()
+    assert fake_draw == [2, 4, 8, 64]  # 8 is measured too: no headline point stands in for it
+    assert model.sampling_steps is None  # the setting is restored
+    curve = [r for r in rows if r.get("steps") is not None]
+    assert sorted({r["steps"] for r in curve}) == [2, 4, 8, 64]
+    assert not any("headline measurement" in (r.get("note") or "") for r in curve)
