@@ -33,8 +33,13 @@ def release_freed_heap() -> None:
         pass
 
 
-def test_phase_peak_sees_an_allocation_inside_the_phase():
+@pytest.fixture(autouse=True)
+def trimmed_heap():
+    """Every test here measures this process's resident set: start each from a trimmed heap."""
     release_freed_heap()
+
+
+def test_phase_peak_sees_an_allocation_inside_the_phase():
     with memory.PhasePeak(CPU) as quiet:
         pass
     with memory.PhasePeak(CPU) as busy:
@@ -59,6 +64,7 @@ def test_sampling_peak_counts_what_the_sampler_allocates():
     """The same model, its sampler touching 500 MiB or nothing: the sampling peak differs by ~500 MiB."""
     rows = {}
     for mib in (0, 500):
+        release_freed_heap()  # the first model's freed buffers must not serve the second's
         model = MemoryHog(image_shape=(1, 8, 8), sample_buffer_mib=mib)
         found, _ = sampling_speed.sample_throughput(model, CPU, batches=(4,), max_seconds=5, min_seconds=0.0,
                                             max_repeats=1)
