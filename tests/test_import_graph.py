@@ -157,7 +157,8 @@ def test_lower_layers_never_import_upper_ones():
 
 FAMILY_FOLDERS = {"autoregressive": "autoregressive", "vae": "vae", "gan": "gan", "flow": "flows", "ebm": "ebm",
                   "diffusion": "diffusion"}
-SHARED_MODEL_FILES = {"__init__.py", "base.py", "registry.py", "discretized_logistic.py", "ode.py", "unet.py"}
+SHARED_MODEL_FILES = {"__init__.py", "base.py", "registry.py", "discretized_logistic.py", "ode.py", "unet.py",
+                      "cuda_graphs.py"}
 
 
 def test_every_model_file_lies_in_its_familys_folder():

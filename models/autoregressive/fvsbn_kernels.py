@@ -181,23 +181,11 @@ _cuda_graphs: dict = {}
 
 
 def sample_cuda_graph(outgoing: torch.Tensor, bias: torch.Tensor, uniforms: torch.Tensor, block: int = BLOCK):
-    """``sample_blocked`` as one CUDA graph per (device, batch, D): a replay launches every pixel's
-    kernels with no Python in between. NEVER RUN: written for CUDA on a machine without a GPU."""
+    """``sample_blocked`` as one CUDA graph per (device, batch, D) (``models/cuda_graphs.py``): a replay
+    launches every pixel's kernels with no Python in between. NEVER RUN: written for CUDA on a machine
+    without a GPU."""
+    from models import cuda_graphs
+
     n, d = uniforms.shape
-    key = (uniforms.device, n, d, block)
-    if key not in _cuda_graphs:
-        inputs = (outgoing.clone(), bias.clone(), uniforms.clone())
-        side = torch.cuda.Stream(uniforms.device)
-        side.wait_stream(torch.cuda.current_stream(uniforms.device))
-        with torch.cuda.stream(side):  # warm-up outside the capture, as torch.cuda.graph requires
-            sample_blocked(*inputs, block)
-        torch.cuda.current_stream(uniforms.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outputs = sample_blocked(*inputs, block)
-        _cuda_graphs[key] = (graph, inputs, outputs)
-    graph, inputs, outputs = _cuda_graphs[key]
-    for static, value in zip(inputs, (outgoing, bias, uniforms)):
-        static.copy_(value)
-    graph.replay()
-    return outputs[0].clone(), outputs[1].clone()
+    loop = lambda w, b, u: sample_blocked(w, b, u, block)  # noqa: E731
+    return cuda_graphs.replay(_cuda_graphs, (uniforms.device, n, d, block), loop, (outgoing, bias, uniforms))
