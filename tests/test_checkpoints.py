@@ -235,3 +235,33 @@ def test_a_time_budget_with_more_workers_than_cores_says_so(monkeypatch, capsys)
     suite._warn_if_oversubscribed("60s", 2)
     suite._warn_if_oversubscribed("500steps", 8)  # steps are the same steps however many run at once
     assert capsys.readouterr().out == ""
+
+
+def _train_ffjord(images, budget, plan=None, seed=5):
+    seed_everything(seed)
+    model = models.build("ffjord", image_shape=(1, 6, 6))
+    result = TrainResult()
+    train(model, images, torch.zeros(len(images), dtype=torch.long), budget, torch.device("cpu"), seed,
+          batch_size=16, progress=False, result=result, checkpoint=plan)
+    rows = {row["metric"]: row["value"] for row in model.extra_metrics(images[:4])}
+    return model, result, rows["train_nfe"]
+
+
+def test_ffjord_under_a_flop_budget_resumes_exactly(data, tmp_path):
+    """A model whose step cost depends on its weights (FFJORD's adaptive solver, recounted every
+    RECOUNT_EVERY steps): interrupted at step 23 and resumed under a FLOP budget, it stops at the same step
+    with the same FLOPs, the same mean training NFE and the same weights as the run never interrupted."""
+    images = torch.nn.functional.interpolate(data.train_images[:256].float(), size=(6, 6), mode="area").round()
+    _, by_steps, _ = _train_ffjord(images, parse_budget("30steps"))
+    budget = parse_budget(f"{by_steps.flops * (1 - 1e-9):.12e}flops")  # exhausted by the 30th step, not before
+    straight, straight_result, straight_nfe = _train_ffjord(images, budget)
+    path = tmp_path / "ckpt.pt"
+    _train_ffjord(images, parse_budget("23steps"), Checkpointing(path, "h", parse_budget("23steps")))
+    saved = checkpoints.load(path, "h")
+    assert saved["trainer"]["steps"] == 23 and not saved["complete"]
+    resumed, resumed_result, resumed_nfe = _train_ffjord(images, budget, Checkpointing(path, "h", resume=saved))
+    assert straight_result.steps == resumed_result.steps == 30
+    assert resumed_result.flops == straight_result.flops
+    assert resumed_nfe == straight_nfe
+    for (key, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), f"ffjord: {key} differs after resuming"

@@ -99,11 +99,13 @@ def train(model, images: torch.Tensor, labels: torch.Tensor, budget: Budget, dev
     log_every = _log_interval(budget, steps_per_epoch, curve_points, result.flops_per_step)
     if checkpoint:
         checkpoint.optimizers = optimizers
-    if checkpoint and checkpoint.resume:
-        checkpoint.restore(model, optimizers, result, batches, stopper)
-    loss = result.curve[-1]["loss"] if result.curve else float("nan")
     # An adaptive solver's steps (hence a training step's FLOPs) change with the weights: recount.
     recount = getattr(model, "sampling_cost_depends_on_weights", False) and result.flops_per_step > 0
+    if checkpoint and checkpoint.resume:
+        checkpoint.restore(model, optimizers, result, batches, stopper)
+        if recount:  # the count made on the fresh weights above is not the one the steps since the last recount used
+            result.flops_per_step = checkpoint.resume["trainer"].get("flops_per_step", result.flops_per_step)
+    loss = result.curve[-1]["loss"] if result.curve else float("nan")
     bar = tqdm(total=budget.amount, desc=f"train {model.name}", unit=budget.kind,
                disable=not progress, leave=False, dynamic_ncols=True)
     start = time.perf_counter() - result.seconds  # a resumed run's clock goes on from its checkpoint
@@ -224,7 +226,9 @@ def trainer_state(result: TrainResult) -> dict:
 
 def load_trainer_state(result: TrainResult, state: dict) -> None:
     for name in _TRAINER_FIELDS:
-        if name in state and name != "flops_per_step":  # the step's FLOPs are counted again, on this machine
+        # A step's FLOPs are counted again on resume (``train`` keeps the saved count where the step's cost
+        # depends on the weights, i.e. where it was last recounted on the live model).
+        if name in state and name != "flops_per_step":
             setattr(result, name, state[name])
 
 

@@ -112,6 +112,10 @@ class FFJORD(GenerativeModel):
         # NFE of every solve so far, by purpose; and the probe variance of the NLLs scored since the last report.
         self.nfe_log: dict[str, list[int]] = {"train": [], "nll": [], "sample": [], "check": []}
         self._probe_variance: list[torch.Tensor] = []
+        # The training solves' NFE summed in buffers, so that a checkpoint carries them: after a resume,
+        # train_nfe is the mean over every training step, not only over those since the resume.
+        self.register_buffer("train_nfe_total", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("train_solves", torch.zeros((), dtype=torch.int64))
 
     def configure_optimizers(self):
         return [torch.optim.Adam(self.parameters(), lr=self.lr)]
@@ -162,7 +166,10 @@ class FFJORD(GenerativeModel):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return {"loss": loss.item(), "nfe": self.nfe_log["train"][-1]}
+        nfe = self.nfe_log["train"][-1]
+        self.train_nfe_total += nfe
+        self.train_solves += 1
+        return {"loss": loss.item(), "nfe": nfe}
 
     # --- sampling ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -195,8 +202,9 @@ class FFJORD(GenerativeModel):
                  "kind": "measured", "note": f"mean per likelihood solve, {setting}"},
                 {"metric": "solver_rtol", "value": self.rtol, "unit": "", "kind": "exact",
                  "note": f"{setting} for nll and sampling; training at {training}"}]
-        if self.nfe_log["train"]:
-            rows.append({"metric": "train_nfe", "value": _mean(self.nfe_log["train"]), "unit": "evaluations",
+        if int(self.train_solves):
+            rows.append({"metric": "train_nfe", "value": int(self.train_nfe_total) / int(self.train_solves),
+                         "unit": "evaluations",
                          "kind": "measured",
                          "note": f"mean per training step (the forward solve; backprop not counted), {training}"})
         if self._probe_variance:
