@@ -9,9 +9,11 @@ bootstrap 95% intervals.
   are cut by the same fraction, which keeps the bias linear in 1/N.
 - ``bootstrap``: each replicate resamples the samples' features *and* the reference features with
   replacement and recomputes the metric. The interval is the bootstrap's 2.5-97.5 percentile spread
-  re-centred on the reported figure (the replicates' mean moved onto it): the sampling variability of
-  the figure at this sample count, what a rerun with fresh samples and fresh reference images would
-  give. It is not an interval for the infinite-sample value (FID's bias is k/N; see ``fid_inf``).
+  re-centred on the reported figure (the replicates' mean moved onto it): a confidence interval for
+  the figure's expected value at this sample count (the mean over reruns with fresh samples and fresh
+  reference images). It is not a prediction interval for one rerun's figure, which carries its own
+  sampling noise besides ours and falls outside it more often than 5% of the time; nor is it an
+  interval for the infinite-sample value (FID's bias is k/N; see ``fid_inf``).
   Duplicated points are handled as the same point
   where a metric compares points with each other: KID's unbiased kernel sums skip pairs of copies
   (like its diagonal), and a k-NN radius (precision/recall) skips the point's own copies but counts

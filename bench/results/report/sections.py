@@ -293,8 +293,9 @@ def report_blocks(run: Run) -> list[Block]:
 
 UNCERTAINTY_NOTES = [
     "[low, high]: 95% bootstrap interval (samples' and reference features resampled with replacement, "
-    "100 replicates, percentile spread re-centred on the figure): how much the figure would move with fresh "
-    "samples and fresh reference images at the same sample count.",
+    "100 replicates, percentile spread re-centred on the figure): a confidence interval for the figure's "
+    "expected value at this sample count, the mean over reruns with fresh samples and reference images. One "
+    "rerun's figure carries its own noise too and falls outside it more often than 5% of the time.",
     "FID_inf: FID extrapolated to infinitely many samples and reference images (Chong & Forsyth 2020): "
     "FID on random subsets of both sets at several sizes N, the line FID_N = FID_inf + k/N fitted, the "
     "intercept reported. FID itself is biased upwards by about k/N, so FIDs at different N do not compare; "
