@@ -12,6 +12,8 @@ import pytest
 import scipy.linalg
 import torch
 
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
 from bench.evaluate import classifier as clf_module
 from bench.evaluate import sample_quality as fidelity
 from bench.evaluate.classifier import TrainingSpec, load_or_train
@@ -176,9 +178,9 @@ def test_model_rows_for_a_conditional_model(mnist5k, tiny, monkeypatch, tmp_path
     rows = fidelity.model_rows(Oracle(), mnist5k, torch.device("cpu"), job, outcome)
     by_metric = {r["metric"]: r for r in rows}
     assert set(by_metric) == {"fid", "kid", "is", "precision", "recall", "class_accuracy", "fid_inf",
-                              "copy_rate"}, outcome.notes
+                              "copy_rate", "density", "coverage", "intra_fid"}, outcome.notes
     assert "200 samples" in by_metric["fid"]["note"] and "test images" in by_metric["fid"]["note"]
-    for metric in ("fid", "kid", "precision", "recall"):  # bootstrap intervals around the figures
+    for metric in ("fid", "kid", "precision", "recall", "density", "coverage"):  # bootstrap intervals around them
         assert by_metric[metric]["ci_low"] <= by_metric[metric]["value"] <= by_metric[metric]["ci_high"]
     assert [c["check"] for c in outcome.info["checks"]] == ["fid_recompute"] and outcome.info["checks"][0]["passed"]
     # The labels asked for are 0, 1, ..., 9 in turn; the classifier's verdict on those real images is the answer.
@@ -186,6 +188,16 @@ def test_model_rows_for_a_conditional_model(mnist5k, tiny, monkeypatch, tmp_path
     predicted = clf_module.predict_logits(tiny.model, real_images_of(mnist5k, labels)).argmax(1)
     assert by_metric["class_accuracy"]["value"] == pytest.approx((predicted == labels).double().mean().item())
     assert any("KID subset size lowered" in n for n in outcome.notes)
+    # Intra-class FID: the mean of per-class FIDs, each recomputed by torch-fidelity from the stored features.
+    features = np.load(tmp_path / "features" / "oracle__mnist5k__seed0.npz")
+    per_class = []
+    for c in range(10):
+        a = features["samples"][labels.numpy() == c]
+        b = features["reference"][mnist5k.test_labels.numpy() == c]
+        stats = [fid_features_to_statistics(torch.from_numpy(f).double()) for f in (a, b)]
+        per_class.append(fid_statistics_to_metric(*stats, verbose=False)["frechet_inception_distance"])
+    assert by_metric["intra_fid"]["value"] == pytest.approx(np.mean(per_class), rel=1e-5)
+    assert by_metric["intra_fid"]["value"] > by_metric["fid"]["value"]  # ~20 points per class: a larger bias
 
 
 def test_unlabelled_dataset_is_skipped_with_a_note(mnist5k):

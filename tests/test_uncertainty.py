@@ -107,3 +107,44 @@ def test_an_uncentred_interval_would_miss_fid():
     fid = uncertainty.frechet_distance(a, b)
     low, high = uncertainty.bootstrap_intervals(a, b, replicates=50)["fid"]
     assert low <= fid <= high
+
+
+def _brute_force_density_coverage(fake, real, k):
+    """Naeem et al. 2020's definitions, one point at a time in plain Python: each real point's radius is its
+    k-th nearest other real point; density counts (sample, ball) pairs, coverage the balls with a sample."""
+    dist = lambda a, b: float(np.sqrt(((a - b) ** 2).sum()))  # noqa: E731
+    radii = [sorted(dist(y, other) for j2, other in enumerate(real) if j2 != j)[k - 1] for j, y in enumerate(real)]
+    pairs = sum(dist(x, y) < r for x in fake for y, r in zip(real, radii))
+    covered = sum(any(dist(x, y) < r for x in fake) for y, r in zip(real, radii))
+    return pairs / (k * len(fake)), covered / len(real)
+
+
+def test_density_and_coverage_equal_a_brute_force_count():
+    rng = np.random.default_rng(5)
+    fake, real = rng.normal(0.3, 1.0, (40, 3)), rng.normal(0.0, 1.0, (50, 3))
+    expected = _brute_force_density_coverage(fake, real, 5)
+    assert uncertainty.density_coverage(fake, real, k=5) == pytest.approx(expected, abs=1e-12)
+    assert expected[0] not in (0.0, 1.0) and 0.0 < expected[1] < 1.0  # a case that tests something
+
+
+def test_density_and_coverage_with_counts_equal_the_metrics_of_the_repeated_sets():
+    """What the bootstrap passes (multiplicities) means the same as the sets with those copies, except that a
+    real point's copies are not its neighbours (as for precision/recall)."""
+    rng = np.random.default_rng(6)
+    fake, real = rng.normal(size=(30, 2)), rng.normal(size=(35, 2))
+    cf, cr = rng.integers(0, 3, 30).astype(float), np.ones(35)
+    repeated = np.repeat(fake, cf.astype(int), axis=0)
+    assert uncertainty.DensityCoverage(fake, real, 5)(cf, cr) == pytest.approx(
+        uncertainty.density_coverage(repeated, real, 5), abs=1e-12)
+
+
+def test_density_and_coverage_are_near_one_for_one_distribution():
+    """Two samples of one distribution: density's expectation is 1; coverage's is
+    1 - prod_{i<k} (N - 1 - i) / (M + N - 1 - i) ~ 1 - 2^-k = 0.97 for N = M (Naeem et al. 2020)."""
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=(1000, 8)), rng.normal(size=(1000, 8))
+    density, coverage = uncertainty.density_coverage(a, b)
+    assert density == pytest.approx(1.0, abs=0.08)
+    assert coverage == pytest.approx(1 - 0.5 ** 5, abs=0.02)
+    shifted_density, shifted_coverage = uncertainty.density_coverage(a + 1.5, b)  # another distribution
+    assert shifted_density < 0.5 and shifted_coverage < 0.6

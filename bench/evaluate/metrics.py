@@ -130,6 +130,8 @@ def declare_quality(name: str, unit: str, rule: Rule, meaning: str, decimals: in
 
 declare_quality("fid", "", SAMPLE_DISTANCE, "Frechet distance of evaluation-classifier features, samples vs the "
                 "reference set", 2)
+declare_quality("intra_fid", "", SAMPLE_DISTANCE, "conditional models: the mean over classes of the FID between "
+                "a class's samples and its reference images (intra-class FID, as StudioGAN reports it)", 2)
 declare_quality("fid_inf", "", SAMPLE_DISTANCE, "FID extrapolated to infinitely many samples (Chong & Forsyth "
                 "2020): fit FID_N = FID_inf + k/N over subsets", 2)
 declare_quality("copy_rate", "fraction", Rule("lower", abs=0.05),
@@ -139,6 +141,10 @@ declare_quality("kid", "", Rule("lower", rel=0.25, abs=0.01), "kernel inception 
 declare_quality("is", "", Rule("higher", rel=0.10), "inception score from the evaluation classifier's logits", 2)
 declare_quality("precision", "fraction", FRACTION, "improved precision (k-NN manifold) of samples", 3)
 declare_quality("recall", "fraction", FRACTION, "improved recall (k-NN manifold) of samples", 3)
+declare_quality("density", "", Rule("higher", rel=0.10, abs=0.05), "density (Naeem et al. 2020): real k-NN balls "
+                "holding a sample, per sample, / k; 1 for samples from the data's distribution", 3)
+declare_quality("coverage", "fraction", FRACTION, "coverage (Naeem et al. 2020): real k-NN balls holding at least "
+                "one sample", 3)
 declare_quality("class_accuracy", "fraction", FRACTION, "conditional models: classifier agrees with the requested "
                 "label", 3)
 # --- cost -------------------------------------------------------------------------------------------

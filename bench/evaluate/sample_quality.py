@@ -360,7 +360,7 @@ def model_rows(model, data, device, job, outcome) -> list[dict]:
         if model.conditional and labels is not None:
             rows.append(class_accuracy_row(samples, labels, classifier))
         try:
-            rows += trust_rows(samples, reference, values, rows, classifier, data, model, job, outcome)
+            rows += trust_rows(samples, reference, values, rows, classifier, data, model, job, outcome, labels)
         except Exception as exc:  # noqa: BLE001 - the sample-quality rows above stand
             outcome.notes.append(f"intervals, fid_inf or copy_rate failed: {type(exc).__name__}: {exc}")
             outcome.info["trust_traceback"] = traceback.format_exc()
@@ -395,10 +395,16 @@ def stored_features(samples, reference, classifier: TrainedClassifier, out, key:
 
 def uncertainty_rows(fa, fb, values: dict, rows: list[dict]) -> list[dict]:
     """Bootstrap 95% intervals onto the FID, KID, precision and recall rows (``ci_low``, ``ci_high``), and
-    the fid_inf row."""
+    the density, coverage (with theirs) and fid_inf rows."""
     from bench.evaluate import uncertainty
 
     estimates = {m: values[m] for m in ("fid", "kid", "precision", "recall")}
+    estimates["density"], estimates["coverage"] = uncertainty.density_coverage(fa, fb)
+    base = f"on the evaluation classifier's features, k = {uncertainty.DENSITY_NEIGHBOURS} (Naeem et al. 2020)"
+    rows = rows + [row("density", estimates["density"], "", "estimate",
+                       note=f"mean real k-NN balls holding a sample / k, {base}; 1 when samples match the data"),
+                   row("coverage", estimates["coverage"], "fraction", "estimate",
+                       note=f"real k-NN balls holding at least one sample, {base}")]
     intervals = uncertainty.bootstrap_intervals(fa, fb, estimates, k=values["prc_neighborhood"])
     capped = max(len(fa), len(fb)) > uncertainty.BOOTSTRAP_MAX_POINTS
     for r in rows:
@@ -410,11 +416,25 @@ def uncertainty_rows(fa, fb, values: dict, rows: list[dict]) -> list[dict]:
     note = (f"FID extrapolated to infinitely many samples and reference images (Chong & Forsyth 2020): "
             f"line FID_N = FID_inf + k/N fitted over N = {fit['sizes'][0]}..{fit['sizes'][-1]} "
             f"(k = {fit['slope']:.3g})")
-    return [row("fid_inf", value, "", "estimate", note=note)]
+    return rows[-2:] + [row("fid_inf", value, "", "estimate", note=note)]
 
 
-def trust_rows(samples, reference, values, rows, classifier, data, model, job, outcome) -> list[dict]:
-    """After the sample-quality rows: intervals, fid_inf, copy_rate with its figure, and the FID check."""
+def intra_fid_row(fa, labels, fb, reference_labels) -> dict:
+    import numpy as np
+
+    from bench.evaluate import uncertainty
+
+    value, per_class = uncertainty.intra_fid(fa, labels.cpu().numpy(), fb, reference_labels.cpu().numpy())
+    counts = np.bincount(labels.cpu().numpy())
+    return row("intra_fid", value, "", "estimate",
+               note=f"mean of {len(per_class)} per-class FIDs, each class's samples (about {int(np.median(counts))}) "
+                    f"against its reference images; per class: "
+                    + ", ".join(f"{c}: {v:.4g}" for c, v in per_class.items()))
+
+
+def trust_rows(samples, reference, values, rows, classifier, data, model, job, outcome, labels=None) -> list[dict]:
+    """After the sample-quality rows: intervals, density and coverage, fid_inf, intra-class FID (conditional
+    models, ``labels`` those the samples were drawn for), copy_rate with its figure, and the FID check."""
     from bench.evaluate import self_checks
     from bench.evaluate import memorisation
 
@@ -422,6 +442,8 @@ def trust_rows(samples, reference, values, rows, classifier, data, model, job, o
     key = getattr(job, "key", None) or f"{model.name}__{data.name}__seed{job.seed}"
     fa, fb = stored_features(samples, reference, classifier, out, key)
     extra = uncertainty_rows(fa, fb, values, rows)
+    if model.conditional and labels is not None:
+        extra.append(intra_fid_row(fa, labels, fb, data.test_labels))
     outcome.info.setdefault("checks", []).append(self_checks.fid_recompute_check(values["fid"], fa, fb))
     train = data.train_images
     train_features = extract(classifier, train)[0]

@@ -1,6 +1,15 @@
 """How sure a sample-quality number is: FID, KID, precision and recall recomputed from stored features
-(numpy/scipy, independent of torch-fidelity), FID extrapolated to infinitely many samples, and
-bootstrap 95% intervals.
+(numpy/scipy, independent of torch-fidelity), density and coverage, FID extrapolated to infinitely many
+samples, and bootstrap 95% intervals.
+
+- ``density_coverage`` (Naeem, Oh, Uh, Choi & Yoo 2020, "Reliable Fidelity and Diversity Metrics for
+  Generative Models"): balls of each real point's k-NN radius (k = 5, the paper's choice). Density is the
+  mean number of real balls a sample falls in, divided by k (expected 1 when samples and real images come
+  from one distribution; above 1 when samples crowd the dense regions); coverage is the fraction of real
+  balls holding at least one sample. Unlike precision and recall, no ball is built around a sample, so
+  one outlying sample cannot inflate them. Strict ``<`` as the authors' ``prdc`` package. Written here
+  rather than through ``prdc``: the bootstrap needs them for point multiplicities, which it does not take
+  (and it would bring scikit-learn for one distance matrix); tests check both against a brute-force count.
 
 - ``fid_inf`` (Chong & Forsyth 2020, "Effectively Unbiased FID and Inception Score and where to find
   them"): FID is biased upwards at finite N, and the bias is close to k/N. FID is computed on random
@@ -35,6 +44,7 @@ BOOTSTRAP_MAX_POINTS = 2000  # larger sets are bootstrapped on a random subset o
 KID_SUBSET_SIZE = 1000
 FID_INF_SIZES = 8  # subset sizes from n/5 to n, evenly spaced in 1/N
 FID_INF_DRAWS = 3  # random subsets per size, averaged
+DENSITY_NEIGHBOURS = 5  # k of density and coverage (Naeem et al. 2020's recommendation)
 
 
 # --- the metrics, from features --------------------------------------------------------------------
@@ -152,6 +162,45 @@ class PrecisionRecall:
         return float(cf @ inside_real / cf.sum()), float(cr @ inside_fake / cr.sum())
 
 
+class DensityCoverage:
+    """Distances computed once; density and coverage for any point counts (bootstrap replicates)."""
+
+    def __init__(self, fake, real, k: int = DENSITY_NEIGHBOURS):
+        self.real_radii = NeighbourRadii(pairwise_distances(real, real), k)
+        self.cross = pairwise_distances(fake, real)  # fake x real
+        self.k = k
+
+    def __call__(self, cf=None, cr=None) -> tuple[float, float]:
+        cf = np.ones(len(self.cross)) if cf is None else cf
+        cr = np.ones(self.cross.shape[1]) if cr is None else cr
+        radii = np.where(cr > 0, self.real_radii.radii(cr), -np.inf)  # absent real points have no ball
+        inside = self.cross < radii[None, :]  # sample i in real j's ball
+        density = float(cf @ (inside.astype(np.float64) @ cr) / (self.k * cf.sum()))
+        covered = (inside & (cf > 0)[:, None]).any(0)
+        return density, float(cr @ covered / cr.sum())
+
+
+def density_coverage(fake: np.ndarray, real: np.ndarray, k: int = DENSITY_NEIGHBOURS) -> tuple[float, float]:
+    """Density and coverage of samples ``fake`` against ``real`` (rows are feature vectors)."""
+    return DensityCoverage(fake, real, k)()
+
+
+# --- per class ------------------------------------------------------------------------------------
+def intra_fid(samples: np.ndarray, sample_labels, reference: np.ndarray, reference_labels) -> tuple[float, dict]:
+    """Intra-class FID of a conditional model (as StudioGAN reports it): the mean over classes of the FID
+    between the samples drawn for class c and the reference images of class c. Returns (the mean,
+    {class: FID}); a class with fewer than two samples or reference images is left out of both."""
+    sample_labels, reference_labels = np.asarray(sample_labels), np.asarray(reference_labels)
+    per_class = {}
+    for c in np.unique(reference_labels):
+        a, b = samples[sample_labels == c], reference[reference_labels == c]
+        if len(a) >= 2 and len(b) >= 2:
+            per_class[int(c)] = frechet_distance(a, b)
+    if not per_class:
+        raise ValueError("intra-class FID needs at least two samples and two reference images of some class")
+    return float(np.mean(list(per_class.values()))), per_class
+
+
 # --- FID at infinitely many samples ----------------------------------------------------------------
 def fid_inf(samples: np.ndarray, reference: np.ndarray, sizes: int = FID_INF_SIZES, draws: int = FID_INF_DRAWS,
             seed: int = 0) -> tuple[float, dict]:
@@ -176,7 +225,8 @@ def fid_inf(samples: np.ndarray, reference: np.ndarray, sizes: int = FID_INF_SIZ
 
 
 # --- bootstrap -------------------------------------------------------------------------------------
-BOUNDS = {"fid": (0.0, np.inf), "kid": (-np.inf, np.inf), "precision": (0.0, 1.0), "recall": (0.0, 1.0)}
+BOUNDS = {"fid": (0.0, np.inf), "kid": (-np.inf, np.inf), "precision": (0.0, 1.0), "recall": (0.0, 1.0),
+          "density": (0.0, np.inf), "coverage": (0.0, 1.0)}
 
 
 def centred_interval(estimate: float, replicates, level: float = BOOTSTRAP_LEVEL,
@@ -197,7 +247,7 @@ def _capped(features: np.ndarray, cap: int, rng) -> np.ndarray:
 def bootstrap_intervals(samples: np.ndarray, reference: np.ndarray, estimates: dict | None = None, *, k: int = 3,
                         replicates: int = BOOTSTRAP_REPLICATES, level: float = BOOTSTRAP_LEVEL,
                         max_points: int = BOOTSTRAP_MAX_POINTS, seed: int = 0) -> dict[str, tuple[float, float]]:
-    """Percentile intervals of FID, KID, precision and recall, resampling both feature sets.
+    """Percentile intervals of FID, KID, precision, recall, density and coverage, resampling both feature sets.
 
     Sets larger than ``max_points`` are first cut to a random subset of that size (cost: the k-NN and
     kernel matrices are squared in the set size); the interval then describes the statistic at that size,
@@ -210,7 +260,8 @@ def bootstrap_intervals(samples: np.ndarray, reference: np.ndarray, estimates: d
     n, m = len(a), len(b)
     kxx, kyy, kxy = poly_kernel(a, a), poly_kernel(b, b), poly_kernel(a, b)
     prc = PrecisionRecall(a, b, k)
-    out = {"fid": [], "kid": [], "precision": [], "recall": []}
+    dc = DensityCoverage(a, b)
+    out = {"fid": [], "kid": [], "precision": [], "recall": [], "density": [], "coverage": []}
     for _ in range(replicates):
         ia, ib = rng.integers(0, n, n), rng.integers(0, m, m)
         ca, cb = np.bincount(ia, minlength=n).astype(float), np.bincount(ib, minlength=m).astype(float)
@@ -219,8 +270,13 @@ def bootstrap_intervals(samples: np.ndarray, reference: np.ndarray, estimates: d
         p, r = prc(ca, cb)
         out["precision"].append(p)
         out["recall"].append(r)
+        density, coverage = dc(ca, cb)
+        out["density"].append(density)
+        out["coverage"].append(coverage)
     if estimates is None:
         p, r = prc()
-        estimates = {"fid": frechet_distance(a, b), "kid": mmd2_weighted(kxx, kyy, kxy), "precision": p, "recall": r}
+        density, coverage = dc()
+        estimates = {"fid": frechet_distance(a, b), "kid": mmd2_weighted(kxx, kyy, kxy), "precision": p, "recall": r,
+                     "density": density, "coverage": coverage}
     return {metric: centred_interval(estimates[metric], values, level, BOUNDS[metric])
             for metric, values in out.items() if metric in estimates}

@@ -16,7 +16,7 @@ DATA_MODEL = plots.DATA_MODEL
 PREFERRED_BATCH = 256  # samples/s is quoted at this batch, else at the largest one measured
 
 
-FIDELITY_METRICS = ["fid", "kid", "is", "precision", "recall", "class_accuracy"]
+FIDELITY_METRICS = ["fid", "intra_fid", "kid", "is", "precision", "recall", "density", "coverage", "class_accuracy"]
 
 
 TRACK_ORDER = plots.TRACK_ORDER

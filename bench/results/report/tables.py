@@ -10,8 +10,9 @@ from bench.results.report.load import Run
 from bench.results.report.references import reference_for
 
 
-SUMMARY_COLUMNS = [("fid", "FID"), ("fid_inf", "FID_inf"), ("is", "IS"), ("kid", "KID"), ("precision", "precision"),
-                   ("recall", "recall"), ("class_accuracy", "class acc."), ("copy_rate", "copy rate")]
+SUMMARY_COLUMNS = [("fid", "FID"), ("fid_inf", "FID_inf"), ("intra_fid", "intra-FID"), ("is", "IS"), ("kid", "KID"), ("precision", "precision"),
+                   ("recall", "recall"), ("density", "density"), ("coverage", "coverage"),
+                   ("class_accuracy", "class acc."), ("copy_rate", "copy rate")]
 
 
 COST_COLUMNS = [("sampling_nfe", "NFE / sample"), ("train_seconds", "train s"),
@@ -97,19 +98,19 @@ def cost_frame(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 INTERVAL_METRICS = [("fid", "FID"), ("fid_inf", "FID_inf"), ("kid", "KID"), ("precision", "precision"),
-                    ("recall", "recall"), ("copy_rate", "copy rate")]
+                    ("recall", "recall"), ("density", "density"), ("coverage", "coverage"), ("copy_rate", "copy rate")]
 
 
 def interval_table(metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, seed): each sample-quality figure with its interval."""
     headline = results.headline(metrics)  # the steps curve's points are not the summary's figures
     wanted = headline[headline["metric"].isin([m for m, _ in INTERVAL_METRICS])]
+    present = [(m, title) for m, title in INTERVAL_METRICS if m in set(wanted["metric"])]  # older runs lack some
     rows = []
     for (model, track, seed), group in wanted.groupby(["model", "track", "seed"], sort=False):
         by_metric = {r["metric"]: r for _, r in group.iterrows()}
         rows.append({"model": model, "track": track, "seed": str(seed),
-                     **{title: interval_cell(by_metric[m], m) if m in by_metric else "-"
-                        for m, title in INTERVAL_METRICS}})
+                     **{title: interval_cell(by_metric[m], m) if m in by_metric else "-" for m, title in present}})
     return pd.DataFrame(rows)
 
 
