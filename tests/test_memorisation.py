@@ -1,12 +1,13 @@
 """copy_rate: memorising models (the copy plugins, verbatim and shifted by a pixel) score near 1, held-out
-real images and a smoothed stand-in for a good model score near 0."""
+real images and a smoothed stand-in for a good model score near 0, and so do held-out images of any one
+class (a collapsed but honest model)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from bench.evaluate import sample_quality as fidelity
 from bench.evaluate import memorisation
-from bench.evaluate.classifier import TrainingSpec, load_or_train
+from bench.evaluate.classifier import TrainingSpec, for_dataset, load_or_train, predict_logits
 from bench.data.datasets import load_dataset
 from tests.plugins.copy_model import CopyTrain, CopyTrainShifted, move
 
@@ -28,10 +29,12 @@ def setting(tmp_path_factory):
 
 
 def rate(setting, samples):
+    """copy_rate as a run computes it: calibrated per class of the classifier's prediction."""
     data, classifier, calibration, _, f = setting
     sample_features = fidelity.extract(classifier, samples)[0]
+    classes = [predict_logits(classifier.model, images).argmax(1).numpy() for images in (samples, calibration)]
     return memorisation.copy_rate(samples, sample_features, data.train_images, f["train"], calibration,
-                                  f["calibration"]).rate
+                                  f["calibration"], sample_classes=classes[0], heldout_classes=classes[1]).rate
 
 
 def plugin_samples(model_class, data, n=300):
@@ -88,3 +91,28 @@ def test_neighbour_figure_is_written(setting, tmp_path):
     # For a verbatim copier, every shown neighbour is the sample itself.
     nearest = data.train_images[verdict.samples.index[order]]
     assert torch.equal(nearest, samples[order])
+
+
+def test_held_out_images_of_any_one_class_are_not_copies():
+    """A model collapsed onto one digit, copying nothing: the validation images of one class (never trained
+    on, not the calibration set) as its samples. Calibrated per class, every class scores at most 0.05; with
+    one global threshold the thin 1s, which sit nearer their training neighbours, would not (the test can
+    fail). As a run does: the pinned classifier, the test split calibrating."""
+    data = load_dataset("mnist5k")
+    classifier = for_dataset(data, "cpu")
+    train_features = fidelity.extract(classifier, data.train_images)[0]
+    reference = data.test_images
+    reference_features = fidelity.extract(classifier, reference)[0]
+    reference_classes = predict_logits(classifier.model, reference).argmax(1).numpy()
+    per_class, global_rates = {}, {}
+    for c in range(10):
+        samples = data.valid_images[data.valid_labels == c]
+        features = fidelity.extract(classifier, samples)[0]
+        classes = predict_logits(classifier.model, samples).argmax(1).numpy()
+        per_class[c] = memorisation.copy_rate(samples, features, data.train_images, train_features, reference,
+                                              reference_features, sample_classes=classes,
+                                              heldout_classes=reference_classes).rate
+        global_rates[c] = memorisation.copy_rate(samples, features, data.train_images, train_features, reference,
+                                                 reference_features).rate
+    assert max(per_class.values()) <= 0.05, per_class
+    assert global_rates[1] > 0.05, global_rates

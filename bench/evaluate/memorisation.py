@@ -14,6 +14,14 @@ A sample is a copy when d is below the ``quantile`` (1%) of the same distances o
 in *either* space. So at most ~2% of held-out images would be called copies (1% per space); a model that
 copies scores near 1.
 
+Calibrated per region of the data, as Meehan et al.'s C_T test compares cell by cell: each class of the
+evaluation classifier's prediction (with at least ``MIN_PER_CLASS`` held-out images; else the global
+thresholds) has its own distance scale, the median distance of its held-out images. The thresholds are one
+quantile of every held-out distance in units of its class's scale, times the sample's class's scale (a
+class's own 1% quantile, about its nearest held-out image of a hundred, would be too noisy). One global quantile would flag mode collapse as
+copying: thin digits (1s) sit nearer their training neighbours than average, so with global thresholds
+held-out 1s alone score several times the rate of all digits (``tests/test_memorisation.py`` measures it).
+
 Limit, binary track: samples and held-out images are binary, the training images grey. A fresh random
 binarization of a training image lies about as far from it as a different digit does (on mnist5k only
 16% of such draws are flagged, 7-8% when also shifted by a pixel), so on the binary track copy_rate catches copies of a fixed
@@ -33,7 +41,9 @@ import torch
 import torch.nn.functional as F
 
 QUANTILE = 0.01
-MAX_SAMPLES = 500  # samples judged (the first ones drawn); held-out images used for calibration likewise
+MAX_SAMPLES = 500  # samples judged (the first ones drawn)
+MAX_HELDOUT = 2000  # held-out images that calibrate (per class: about a tenth each)
+MIN_PER_CLASS = 50  # held-out images a class needs for thresholds of its own
 SHIFTS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 
 
@@ -91,28 +101,54 @@ class CopyVerdict:
     rate: float
     is_copy: np.ndarray
     samples: Neighbours
-    pixel_threshold: float
+    pixel_threshold: float  # the global thresholds (per class: ``class_thresholds``)
     feature_threshold: float
     n_heldout: int
+    class_thresholds: dict | None = None  # class -> (pixel, feature) thresholds, where calibrated per class
 
     def describe(self) -> str:
+        per_class = (f"; calibrated per class of the classifier's prediction ({len(self.class_thresholds)} classes "
+                     f"with at least {MIN_PER_CLASS} held-out images; others: the global thresholds)"
+                     if self.class_thresholds else "")
         return (f"{len(self.is_copy)} samples; a copy: nearest training image closer than the "
                 f"{QUANTILE:.0%} quantile of {self.n_heldout} held-out real images' nearest-training distances, "
-                f"in pixels (min over +-1 px shifts; threshold {self.pixel_threshold:.3g}) or in classifier "
-                f"features (threshold {self.feature_threshold:.3g}); Meehan et al. 2020")
+                f"in pixels (min over +-1 px shifts; global threshold {self.pixel_threshold:.3g}) or in classifier "
+                f"features (global threshold {self.feature_threshold:.3g}){per_class}; Meehan et al. 2020")
 
 
 def copy_rate(samples, sample_features, train, train_features, heldout, heldout_features,
-              quantile: float = QUANTILE, max_samples: int = MAX_SAMPLES) -> CopyVerdict:
-    """The fraction of samples judged copies of training images, calibrated on held-out real images."""
+              quantile: float = QUANTILE, max_samples: int = MAX_SAMPLES, sample_classes=None,
+              heldout_classes=None, max_heldout: int = MAX_HELDOUT) -> CopyVerdict:
+    """The fraction of samples judged copies of training images, calibrated on held-out real images: per
+    class when ``sample_classes`` and ``heldout_classes`` (the classifier's predictions) are given."""
     samples, sample_features = samples[:max_samples], sample_features[:max_samples]
-    heldout, heldout_features = heldout[:max_samples], heldout_features[:max_samples]
+    heldout, heldout_features = heldout[:max_heldout], heldout_features[:max_heldout]
     ref = nearest_training(heldout, heldout_features, train, train_features)
     pixel_threshold = float(np.quantile(ref.pixel, quantile))
     feature_threshold = float(np.quantile(ref.feature, quantile))
     found = nearest_training(samples, sample_features, train, train_features)
-    is_copy = (found.pixel < pixel_threshold) | (found.feature < feature_threshold)
-    return CopyVerdict(float(is_copy.mean()), is_copy, found, pixel_threshold, feature_threshold, len(heldout))
+    pixel_limit = np.full(len(found.pixel), pixel_threshold)
+    feature_limit = np.full(len(found.pixel), feature_threshold)
+    class_thresholds = None
+    if sample_classes is not None and heldout_classes is not None:
+        sample_classes = np.asarray(sample_classes)[:max_samples]
+        heldout_classes = np.asarray(heldout_classes)[:max_heldout]
+        scales = {int(c): (np.median(ref.pixel[heldout_classes == c]), np.median(ref.feature[heldout_classes == c]))
+                  for c in np.unique(heldout_classes) if (heldout_classes == c).sum() >= MIN_PER_CLASS}
+        if scales:
+            # Distances in units of their class's median, one quantile over every calibrated held-out image: a
+            # class's median is stable from a hundred images, its own 1% quantile (about its nearest) is not.
+            calibrated = np.isin(heldout_classes, list(scales))
+            own = np.array([scales[int(c)] for c in heldout_classes[calibrated]])
+            pixel_q = float(np.quantile(ref.pixel[calibrated] / own[:, 0], quantile))
+            feature_q = float(np.quantile(ref.feature[calibrated] / own[:, 1], quantile))
+            class_thresholds = {c: (pixel_q * p, feature_q * f) for c, (p, f) in scales.items()}
+            for c, (p, f) in class_thresholds.items():
+                judged = sample_classes == c
+                pixel_limit[judged], feature_limit[judged] = p, f
+    is_copy = (found.pixel < pixel_limit) | (found.feature < feature_limit)
+    return CopyVerdict(float(is_copy.mean()), is_copy, found, pixel_threshold, feature_threshold, len(heldout),
+                       class_thresholds)
 
 
 def save_neighbour_figure(samples: torch.Tensor, train: torch.Tensor, verdict: CopyVerdict, path, count: int = 8):

@@ -447,8 +447,9 @@ def trust_rows(samples, reference, values, rows, classifier, data, model, job, o
     outcome.info.setdefault("checks", []).append(self_checks.fid_recompute_check(values["fid"], fa, fb))
     train = data.train_images
     train_features = extract(classifier, train)[0]
+    predicted = [predict_logits(classifier.model, images).argmax(1).numpy() for images in (samples, reference)]
     verdict = memorisation.copy_rate(samples, torch.from_numpy(fa), train, train_features, reference,
-                                     torch.from_numpy(fb))
+                                     torch.from_numpy(fb), sample_classes=predicted[0], heldout_classes=predicted[1])
     extra.append(row("copy_rate", verdict.rate, "fraction", "estimate", note=verdict.describe()))
     figure = out / "memorisation" / f"{key}.png"
     memorisation.save_neighbour_figure(samples, train, verdict, figure)
