@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     classifier.add_argument("--out", required=True, help="the file to write, e.g. classifiers/mnist.pt")
     classifier.add_argument("--data-root", help="where downloaded datasets live")
     classifier.add_argument("--no-progress", action="store_true", help="no progress bar")
+    classifier.add_argument("--second", action="store_true",
+                            help="the second feature space's encoder (twice as wide, another seed: fid_wide)")
 
     history = sub.add_parser("history", help="a store of runs across commits: add, show, report (a dashboard), "
                                              "regressions (step detection)")
@@ -282,17 +284,20 @@ def cmd_classifier(args) -> int:
     data = load_dataset(args.dataset, args.data_root)
     if not classifier.has_labels(data):
         raise UserError(f"dataset {data.name!r} has no class labels, so it can have no evaluation classifier")
-    payload, seconds = classifier.train_payload(data, progress=not args.no_progress)
+    spec = classifier.second_spec(data) if args.second else classifier.default_spec(data)
+    payload, seconds = classifier.train_payload(data, spec, not args.no_progress,
+                                                classifier.SECOND_ARCH if args.second else None)
     classifier.save_payload(payload, out)
-    print(f"classifier: {out} (dataset {data.name}, {classifier.DEFAULT_SPEC.steps_for(len(data.train_images))} "
-          f"steps on the CPU, one thread, {seconds}s)")
+    print(f"classifier: {out} (dataset {data.name}{', the second feature space' if args.second else ''}, "
+          f"{spec.steps_for(len(data.train_images))} steps on the CPU, one thread, {seconds}s)")
     print(f"  weights digest {payload['weights_digest']}; file SHA-256 {classifier.file_sha256(out)}")
     binarized = payload["test_accuracy_binarized"]  # None: the dataset has no binary track
     print(f"  test accuracy {payload['test_accuracy']:.4f}" + (f" (binarized {binarized:.4f})" if binarized is not None else ""))
-    if data.name in classifier.PINNED:
-        pinned = classifier.PINNED[data.name]
+    table = classifier.PINNED_SECOND if args.second else classifier.PINNED
+    if data.name in table:
+        pinned = table[data.name]
         try:
-            shipped = classifier.load_pinned(data.name)
+            shipped = classifier.load_pinned(data.name, table=table)
             same = "identical to" if shipped.weights_digest == payload["weights_digest"] else "different from"
             print(f"  weights {same} the shipped {pinned.file} (digest {shipped.weights_digest})")
         except UserError as exc:

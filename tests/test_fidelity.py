@@ -178,7 +178,7 @@ def test_model_rows_for_a_conditional_model(mnist5k, tiny, monkeypatch, tmp_path
     rows = fidelity.model_rows(Oracle(), mnist5k, torch.device("cpu"), job, outcome)
     by_metric = {r["metric"]: r for r in rows}
     assert set(by_metric) == {"fid", "kid", "is", "precision", "recall", "class_accuracy", "fid_inf",
-                              "copy_rate", "density", "coverage", "intra_fid"}, outcome.notes
+                              "copy_rate", "density", "coverage", "intra_fid", "fid_wide"}, outcome.notes
     assert "200 samples" in by_metric["fid"]["note"] and "test images" in by_metric["fid"]["note"]
     for metric in ("fid", "kid", "precision", "recall", "density", "coverage"):  # bootstrap intervals around them
         assert by_metric[metric]["ci_low"] <= by_metric[metric]["value"] <= by_metric[metric]["ci_high"]
@@ -198,6 +198,13 @@ def test_model_rows_for_a_conditional_model(mnist5k, tiny, monkeypatch, tmp_path
         per_class.append(fid_statistics_to_metric(*stats, verbose=False)["frechet_inception_distance"])
     assert by_metric["intra_fid"]["value"] == pytest.approx(np.mean(per_class), rel=1e-5)
     assert by_metric["intra_fid"]["value"] > by_metric["fid"]["value"]  # ~20 points per class: a larger bias
+    # The second feature space: torch-fidelity's FID of the wide encoder's features of the same images.
+    second = clf_module.second_for_dataset(mnist5k)
+    wide = [fidelity.extract(second, images)[0].double()
+            for images in (real_images_of(mnist5k, labels), fidelity.reference_images(mnist5k, "8bit"))]
+    expected = fid_statistics_to_metric(*map(fid_features_to_statistics, wide), verbose=False)
+    assert by_metric["fid_wide"]["value"] == pytest.approx(expected["frechet_inception_distance"], rel=1e-5)
+    assert by_metric["fid_wide"]["value"] != pytest.approx(by_metric["fid"]["value"], rel=1e-3)  # another space
 
 
 def test_unlabelled_dataset_is_skipped_with_a_note(mnist5k):

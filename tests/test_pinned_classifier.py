@@ -39,6 +39,19 @@ def test_the_shipped_classifier_is_what_todays_code_would_train():
     assert clf.for_dataset(data).weights_digest == shipped.weights_digest  # a run of mnist5k scores with it
 
 
+def test_the_second_feature_spaces_encoder_is_pinned_and_what_todays_code_would_train():
+    """fid_wide's encoder: shipped, SHA-256 checked, another network (twice as wide) from another seed, so its
+    weights are not the first's; its definition hash is what `bench classifier --second` trains today."""
+    data = load_dataset("mnist5k")
+    pinned = clf.PINNED_SECOND["mnist5k"]
+    assert clf.file_sha256(pinned.path) == pinned.sha256
+    second = clf.second_for_dataset(data)
+    assert second.source == "shipped" and second.test_accuracy > 0.95
+    assert second.definition_hash == clf.definition_hash(data, clf.second_spec(data), clf.SECOND_ARCH)
+    assert second.model.convs[0].out_channels == 2 * clf.load_pinned("mnist5k").model.convs[0].out_channels
+    assert second.weights_digest != clf.load_pinned("mnist5k").weights_digest
+
+
 def test_a_changed_byte_in_the_shipped_classifier_is_refused(tmp_path, monkeypatch):
     copy = tmp_path / clf.PINNED["mnist5k"].file
     shutil.copy(clf.PINNED["mnist5k"].path, copy)

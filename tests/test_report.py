@@ -246,3 +246,36 @@ def test_rerendering_a_report_imports_no_torch(run_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "False"
     assert (folder / "report.md").is_file()
+
+
+def _two_space_metrics(fid, fid_wide):
+    models = [f"m{i}" for i in range(len(fid))]
+    rows = [dict(model=m, family="flow", dataset="mnist5k", track="8bit", seed=0, metric=metric, value=v)
+            for m, a, b in zip(models, fid, fid_wide) for metric, v in (("fid", a), ("fid_wide", b))]
+    rows.append(dict(model="data", family="data", dataset="mnist5k", track="8bit", seed=0, metric="fid", value=1.0))
+    return pd.DataFrame(rows)
+
+
+def test_rank_agreement_of_two_feature_spaces_through_the_report():
+    """Kendall's tau is 1 for two identical rankings and -1 for reversed ones, computed from the metric rows
+    as the report computes it; the summary names every pair the spaces order differently."""
+    from types import SimpleNamespace
+
+    from bench.results.report import sections, tables as report_tables
+
+    fid = [10.0, 20.0, 30.0, 40.0]
+    cases = {"same": ([1.0, 2.0, 3.5, 9.0], 1.0, 0), "reversed": ([9.0, 3.5, 2.0, 1.0], -1.0, 6)}
+    for name, (wide, tau_expected, pairs) in cases.items():
+        metrics = _two_space_metrics(fid, wide)
+        (frame,) = report_tables.feature_space_tables(metrics).values()
+        tau, discordant = report_tables.rank_agreement(frame["fid"], frame["fid_wide"], frame["model"])
+        assert tau == pytest.approx(tau_expected) and len(discordant) == pairs, name
+        notes = sections.feature_space_disagreements(SimpleNamespace(metrics=metrics))
+        assert (notes == []) == (pairs == 0), name
+    # One swapped pair: tau = (5 - 1) / 6, and the note names that pair, best-first by FID.
+    metrics = _two_space_metrics(fid, [1.0, 3.0, 2.0, 4.0])
+    (frame,) = report_tables.feature_space_tables(metrics).values()
+    tau, discordant = report_tables.rank_agreement(frame["fid"], frame["fid_wide"], frame["model"])
+    assert tau == pytest.approx(4 / 6) and discordant == [("m1", "m2")]
+    blocks = sections.feature_space_blocks(SimpleNamespace(metrics=metrics))
+    assert any("m1 before m2 (wide: the reverse)" in b.text for b in blocks if b.kind == "p")

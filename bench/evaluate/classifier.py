@@ -219,6 +219,17 @@ PINNED = {
                                 "5b493e9948c48bed9eba7b6ad4f769d00df4dad999106c6e7a3eae487e1089e3"),
 }
 
+# The second feature space (Stein et al. 2023: model rankings move with the encoder): the same network
+# twice as wide, from another seed, trained on the same split. Its FID (``fid_wide``) stands beside the first,
+# and the report compares the two rankings. mnist5k's ships too, made with
+# ``python -m bench classifier --dataset mnist5k --second --out bench/assets/classifier-mnist5k-wide.pt``.
+SECOND_ARCH = {"width": 64}
+SECOND_SEED = 1
+PINNED_SECOND = {
+    "mnist5k": PinnedClassifier("classifier-mnist5k-wide.pt",
+                                     "2a5d29a7eb9a45827386943820ae4aedfc160c07bf91a1bec262b6189b4718a2"),
+}
+
 
 @dataclass
 class TrainedClassifier:
@@ -263,12 +274,15 @@ def has_labels(data) -> bool:
     return data.num_classes > 0 and bool((data.train_labels >= 0).all())
 
 
-def definition_hash(data, spec: TrainingSpec) -> str:
-    """Hash of the classifier's code (``DEFINITION``), its hyper-parameters and the training data it sees."""
+def definition_hash(data, spec: TrainingSpec, arch: dict | None = None) -> str:
+    """Hash of the classifier's code (``DEFINITION``), its hyper-parameters (``arch``: any non-default network
+    settings, such as the second space's width) and the training data it sees."""
     h = hashlib.sha256()
     for obj in DEFINITION:
         h.update(inspect.getsource(obj).encode())
     h.update(json.dumps(asdict(spec), sort_keys=True).encode())
+    if arch:
+        h.update(json.dumps(arch, sort_keys=True).encode())
     h.update(json.dumps([data.name, list(data.image_shape), data.num_classes, len(data.train_images)]).encode())
     h.update(data.train_images.numpy().tobytes())
     h.update(data.train_labels.numpy().tobytes())
@@ -300,9 +314,21 @@ def for_dataset(data, device: torch.device | str = "cpu", classifier_file: str |
     return load_or_train(data, device, spec, progress)
 
 
-def load_pinned(name: str, device: torch.device | str = "cpu") -> TrainedClassifier:
-    """The classifier shipped for dataset ``name``, refused unless its file's SHA-256 is the pinned one."""
-    pinned = PINNED[name]
+def second_spec(data) -> TrainingSpec:
+    return replace(default_spec(data), seed=SECOND_SEED)
+
+
+def second_for_dataset(data, device: torch.device | str = "cpu", progress: bool = False) -> TrainedClassifier:
+    """The second feature space's encoder for ``data``: shipped (mnist5k), else cached or trained now."""
+    if data.name in PINNED_SECOND:
+        return load_pinned(data.name, device, PINNED_SECOND)
+    return load_or_train(data, device, second_spec(data), progress, arch=SECOND_ARCH)
+
+
+def load_pinned(name: str, device: torch.device | str = "cpu", table: dict | None = None) -> TrainedClassifier:
+    """The classifier shipped for dataset ``name`` (``table``: PINNED, or PINNED_SECOND), refused unless its
+    file's SHA-256 is the pinned one."""
+    pinned = (PINNED if table is None else table)[name]
     if not pinned.path.is_file():
         raise UserError(f"the shipped evaluation classifier {pinned.path} is missing: reinstall the package, or "
                         f"restore it with `git checkout -- bench/assets/{pinned.file}`")
@@ -348,31 +374,33 @@ def load_shipped(path: str | Path, expected_digest: str, device: torch.device | 
 
 
 def load_or_train(data, device: torch.device | str = "cpu", spec: TrainingSpec | None = None,
-                  progress: bool = False) -> TrainedClassifier:
+                  progress: bool = False, arch: dict | None = None) -> TrainedClassifier:
     """The dataset's classifier from the cache, or trained now (deterministically, on the CPU) and cached.
 
-    ``spec`` defaults to ``default_spec(data)``, looked up at call time (tests swap in a tiny training)."""
+    ``spec`` defaults to ``default_spec(data)``, looked up at call time (tests swap in a tiny training);
+    ``arch``: network settings other than the default (the second space's width)."""
     spec = spec or default_spec(data)
     if not has_labels(data):
         raise UserError(f"dataset {data.name!r} has no class labels, so it has no evaluation classifier; "
                         f"sample-quality metrics need a labelled dataset such as mnist5k or mnist")
-    digest = definition_hash(data, spec)
+    digest = definition_hash(data, spec, arch)
     path = cache_dir() / "classifiers" / f"{data.name}-{digest}.pt"
     try:
         payload, source, seconds = _read_payload(path), "cache", None
     except UserError:  # missing, or a truncated cache file: trained again, not an error
         path.unlink(missing_ok=True)
-        (payload, seconds), source = train_payload(data, spec, progress), "trained"
+        (payload, seconds), source = train_payload(data, spec, progress, arch), "trained"
         save_payload(payload, path)
     return _from_payload(payload, path, source, device, seconds)
 
 
-def train_payload(data, spec: TrainingSpec | None = None, progress: bool = False) -> tuple[dict, float]:
+def train_payload(data, spec: TrainingSpec | None = None, progress: bool = False,
+                  extra_arch: dict | None = None) -> tuple[dict, float]:
     """Train the dataset's classifier; returns what its file holds (architecture, weights and their digest,
     the definition hash, the spec and the test accuracies: what defines the classifier, no timing) and the
     seconds it took."""
     spec = spec or default_spec(data)
-    arch = {"image_shape": tuple(data.image_shape), "num_classes": data.num_classes}
+    arch = {"image_shape": tuple(data.image_shape), "num_classes": data.num_classes, **(extra_arch or {})}
     start = time.perf_counter()
     model = fit(arch, data.train_images, data.train_labels, spec, progress)
     seconds = time.perf_counter() - start
@@ -380,7 +408,7 @@ def train_payload(data, spec: TrainingSpec | None = None, progress: bool = False
     binarized = (data.test_split("binary") * 255).to(torch.uint8) if binary else None
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     return {"arch": arch, "state_dict": state, "weights_digest": weights_digest(state),
-            "dataset": data.name, "definition_hash": definition_hash(data, spec), "spec": asdict(spec),
+            "dataset": data.name, "definition_hash": definition_hash(data, spec, extra_arch), "spec": asdict(spec),
             "test_accuracy": accuracy(model, data.test_images, data.test_labels),
             "test_accuracy_binarized": accuracy(model, binarized, data.test_labels) if binary else None,
             "device": "cpu", "threads": TRAINING_THREADS, "torch": str(torch.__version__)}, round(seconds, 2)

@@ -130,6 +130,8 @@ def declare_quality(name: str, unit: str, rule: Rule, meaning: str, decimals: in
 
 declare_quality("fid", "", SAMPLE_DISTANCE, "Frechet distance of evaluation-classifier features, samples vs the "
                 "reference set", 2)
+declare_quality("fid_wide", "", SAMPLE_DISTANCE, "FID in the second feature space: the evaluation classifier's "
+                "network twice as wide, another seed, the same split (Stein et al. 2023: rankings move with the encoder)", 2)
 declare_quality("intra_fid", "", SAMPLE_DISTANCE, "conditional models: the mean over classes of the FID between "
                 "a class's samples and its reference images (intra-class FID, as StudioGAN reports it)", 2)
 declare_quality("fid_inf", "", SAMPLE_DISTANCE, "FID extrapolated to infinitely many samples (Chong & Forsyth "

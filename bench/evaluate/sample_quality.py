@@ -37,7 +37,8 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from bench.evaluate.metrics import row
 from bench.evaluate.samples import draw_samples
-from bench.evaluate.classifier import TrainedClassifier, for_dataset, has_labels, load_shipped, predict_logits
+from bench.evaluate.classifier import (TrainedClassifier, for_dataset, has_labels, load_shipped, predict_logits,
+                                      second_for_dataset)
 
 FEATURES = "penultimate"
 LOGITS = "logits"
@@ -201,6 +202,25 @@ def metric_rows(values: dict, classifier: TrainedClassifier, what: str, referenc
             row("recall", values["recall"], "fraction", "estimate", note=base + prc)]
 
 
+def second_space_rows(samples: torch.Tensor, reference: torch.Tensor, labelled, device, outcome) -> list[dict]:
+    """``fid_wide``: the same samples against the same reference in the second encoder's features (twice as
+    wide, another seed; ``classifier.second_for_dataset``), FID by scipy (``uncertainty.frechet_distance``,
+    tested against torch-fidelity). A failure is a note: the first space's rows stand."""
+    from bench.evaluate import uncertainty
+
+    try:
+        second = second_for_dataset(labelled, device)
+        fa, fb = (extract(second, images)[0].numpy() for images in (samples, reference))
+        value = uncertainty.frechet_distance(fa, fb)
+    except Exception as exc:  # noqa: BLE001 - recorded on the job
+        outcome.notes.append(f"the second feature space's FID failed: {type(exc).__name__}: {exc}")
+        return []
+    return [row("fid_wide", value, "", "estimate",
+                note=f"{len(samples)} samples vs {len(reference)} reference images in the second feature space: "
+                     f"{second.key} (weights {second.weights_digest}; {second.feature_dim}-d penultimate layer of "
+                     f"the same CNN twice as wide, another seed; test accuracy {second.test_accuracy:.2%})")]
+
+
 def class_accuracy_row(samples: torch.Tensor, labels: torch.Tensor, classifier: TrainedClassifier) -> dict:
     """Conditional models: the fraction of samples drawn for label y that the classifier labels y."""
     predicted = predict_logits(classifier.model, samples).argmax(1)
@@ -321,6 +341,7 @@ def prepare_run(config: dict, data, device, out, progress: bool = True, check=No
         outcome.rows = metric_rows(values, classifier, f"real held-out validation images (random, seed 0, "
                                                        f"{track} track; {trained_on})",
                                    reference_description(data, track))
+        outcome.rows += second_space_rows(samples, reference, labelled, device, outcome)
         features = stored_features(samples, reference, classifier, out, f"data__{data.name}__{track}")
         outcome.rows += uncertainty_rows(*features, values, outcome.rows)
         outcome.wall_seconds = time.perf_counter() - start
@@ -359,6 +380,7 @@ def model_rows(model, data, device, job, outcome) -> list[dict]:
                            reference_description(data, model.track))
         if model.conditional and labels is not None:
             rows.append(class_accuracy_row(samples, labels, classifier))
+        rows += second_space_rows(samples, reference, labelled, device, outcome)
         try:
             rows += trust_rows(samples, reference, values, rows, classifier, data, model, job, outcome, labels)
         except Exception as exc:  # noqa: BLE001 - the sample-quality rows above stand

@@ -14,7 +14,8 @@ from bench.results import numbers
 from bench.results.report.cells import DATA_MODEL, FIDELITY_METRICS, PREFERRED_BATCH, is_conditional
 from bench.results.report.load import Run
 from bench.results.report.references import BINARY_SAMPLING_RULE, LIKELIHOOD_KIND_RULE, REFERENCE_CAVEAT, TRACK_NOTES, reference_table
-from bench.results.report.tables import SUMMARY_COLUMNS, check_rows, cost_frame, interval_table, likelihood_tables, steps_points, summary_table
+from bench.results.report.tables import (SUMMARY_COLUMNS, check_rows, cost_frame, feature_space_tables,
+                                         interval_table, likelihood_tables, rank_agreement, steps_points, summary_table)
 
 
 def summary_notes(table: pd.DataFrame, run: Run) -> list[str]:
@@ -42,7 +43,7 @@ def summary_notes(table: pd.DataFrame, run: Run) -> list[str]:
            else "the worker process's peak resident memory (Linux VmHWM, reset at the phase start), which "
                 "includes the interpreter, the libraries, the data and the model resident at the time."),
     ]
-    notes += chain_notes(run)
+    notes += chain_notes(run) + feature_space_disagreements(run)
     missing = [t for _, t in SUMMARY_COLUMNS if t not in table]
     if missing:
         notes.append(f"Not in this run (columns left out): {', '.join(missing)}")
@@ -284,9 +285,43 @@ def _flat(value) -> str:
     return str(value)
 
 
+def feature_space_blocks(run: Run) -> list[Block]:
+    """FID in two feature spaces, the two rankings and their agreement (Kendall's tau), per track."""
+    tables = feature_space_tables(run.metrics)
+    if not tables:
+        return []
+    blocks = [h2("Two feature spaces"),
+              para("Model rankings by FID move with the encoder (Stein et al. 2023), so every sample is also scored "
+                   "in a second feature space: the evaluation classifier's network twice as wide, trained from "
+                   "another seed on the same split (fid_wide). Rank 1 is the lowest FID; Kendall's tau (tau-b) "
+                   "is 1 when the two spaces order the models alike and -1 when they reverse them.")]
+    for track, frame in tables.items():
+        tau, discordant = rank_agreement(frame["fid"], frame["fid_wide"], frame["model"])
+        shown = frame.assign(fid=[numbers.metric(v, "fid") for v in frame["fid"]],
+                             fid_wide=[numbers.metric(v, "fid_wide") for v in frame["fid_wide"]])
+        shown.columns = ["model", "FID", "FID (wide)", "rank", "rank (wide)"]
+        verdict = ("the two spaces order every pair alike" if not discordant else
+                   "they disagree on " + "; ".join(f"{a} before {b} (wide: the reverse)" for a, b in discordant))
+        blocks += [h3(f"{track} track"), table(shown),
+                   para(f"Kendall's tau {tau:.3f} over {len(frame)} models: {verdict}.")]
+    return blocks
+
+
+def feature_space_disagreements(run: Run) -> list[str]:
+    """One summary note per track whose two feature spaces order two models differently."""
+    notes = []
+    for track, frame in feature_space_tables(run.metrics).items():
+        tau, discordant = rank_agreement(frame["fid"], frame["fid_wide"], frame["model"])
+        if discordant:
+            notes.append(f"FID rankings differ between the two feature spaces on the {track} track (Kendall's tau "
+                         f"{tau:.3f}): " + "; ".join(f"{a} before {b}" for a, b in discordant)
+                         + " by FID, the reverse by fid_wide (see Two feature spaces).")
+    return notes
+
+
 def report_blocks(run: Run) -> list[Block]:
     return (header_blocks(run) + summary_blocks(run) + likelihood_blocks(run) + uncertainty_blocks(run)
-            + checks_blocks(run) + plot_blocks(run) + sample_blocks(run) + memorisation_blocks(run)
+            + feature_space_blocks(run) + checks_blocks(run) + plot_blocks(run) + sample_blocks(run) + memorisation_blocks(run)
             + steps_curve_blocks(run) + continuous_time_blocks(run) + scaling_blocks(run) + jobs_blocks(run)
             + config_blocks(run))
 

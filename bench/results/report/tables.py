@@ -142,3 +142,35 @@ def steps_points(metrics: pd.DataFrame) -> pd.DataFrame:
                      "batch": int(batches.iloc[0]) if len(batches) else None,
                      "headline": g["note"].str.startswith("the headline measurement").any()})
     return pd.DataFrame(rows, columns=columns).sort_values(["model", "steps"], kind="stable")
+
+
+def feature_space_tables(metrics: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per track, each model's FID in the evaluation classifier's features and in the second space's
+    (``fid_wide``), means over seeds, with the rank of each (1 = lowest FID); models with both only."""
+    headline = results.headline(metrics)
+    both = headline[headline["metric"].isin(["fid", "fid_wide"]) & (headline["model"] != DATA_MODEL)]
+    out = {}
+    for track, group in both.groupby("track", sort=False):
+        wide = group.pivot_table(index="model", columns="metric", values="value", aggfunc="mean", sort=False)
+        if not {"fid", "fid_wide"} <= set(wide.columns):
+            continue
+        wide = wide.dropna(subset=["fid", "fid_wide"])
+        frame = pd.DataFrame({"model": wide.index, "fid": wide["fid"].values, "fid_wide": wide["fid_wide"].values})
+        frame["rank"] = frame["fid"].rank(method="min").astype(int)
+        frame["rank_wide"] = frame["fid_wide"].rank(method="min").astype(int)
+        out[track] = frame.sort_values(["rank", "model"]).reset_index(drop=True)
+    return out
+
+
+def rank_agreement(first, second, names) -> tuple[float, list[tuple[str, str]]]:
+    """Kendall's tau (tau-b, scipy) between two rankings of the same models, and the pairs they order
+    differently (each pair named best-first by ``first``). NaN with fewer than two models."""
+    from scipy.stats import kendalltau
+
+    first, second, names = list(first), list(second), list(names)
+    if len(names) < 2:
+        return float("nan"), []
+    discordant = [(names[i], names[j]) if first[i] < first[j] else (names[j], names[i])
+                  for i in range(len(names)) for j in range(i + 1, len(names))
+                  if (first[i] - first[j]) * (second[i] - second[j]) < 0]
+    return float(kendalltau(first, second).statistic), discordant
