@@ -35,6 +35,10 @@ class GenerativeModel(nn.Module):
     # Image height and width must be multiples of this (at the default settings; e.g. a flow that squeezes
     # twice: 4). Any channel count C (1 grey, 3 colour). A model refuses other sides with a ValueError.
     side_multiple: int = 1
+    # Training steps of the ``default`` budget: what a minute of training bought this model on the 2-core CPU
+    # the suite is built on (one torch thread; docs/budgets.md), fixed here so that the default run trains
+    # the same steps on any machine, however loaded. None: the default budget is 60 s of wall time instead.
+    default_steps: int | None = None
 
     def __init__(self, image_shape=(1, 28, 28)):
         super().__init__()

@@ -107,3 +107,48 @@ def test_a_weight_dependent_model_is_recounted_as_it_trains():
     # Steps 1-20 at one pass, 21-40 at two, 41-45 at three: what was run, not 45 x the first count.
     assert result.flops == (20 * 1 + 20 * 2 + 5 * 3) * STEP_FLOPS
     assert result.flops_per_step == 3 * STEP_FLOPS
+
+
+# --- the default budget: each model's own steps ----------------------------------------------------------
+def test_the_default_budget_is_each_models_declared_steps():
+    """Every registered model declares the steps of its default budget (a minute of training on the 2-core
+    CPU the suite is built on), and ``default`` resolves to them: no model's default depends on the clock."""
+    import models
+    from bench.config.budgets import budget_for
+
+    for name in models.names():
+        cls = models.model_class(name)
+        assert isinstance(cls.default_steps, int) and cls.default_steps > 0, f"{name} declares no default_steps"
+        budget = budget_for("default", cls)
+        assert (budget.kind, budget.amount, budget.label) == ("steps", cls.default_steps, "default"), name
+    assert budget_for("60s", models.model_class("fvsbn")).kind == "seconds"  # time budgets stay
+
+
+def test_the_unresolved_default_budget_cannot_be_spent():
+    with pytest.raises(ValueError, match="per model"):
+        parse_budget("default").exhausted(0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("name", sorted(__import__("models").names()))
+def test_the_default_budget_stops_at_the_same_step_on_a_fast_or_slow_machine(name, monkeypatch):
+    """Under a clock that jumps an hour at every reading (the slowest machine there is) the default budget
+    still stops at the model's declared step: here patched to 2 steps, on 8x8 images, for speed. A 60 s
+    budget under the same clock stops after the first step, so the test can fail."""
+    import models
+    from bench.config.budgets import budget_for
+    from bench.data.datasets import load_dataset
+
+    data = load_dataset("mnist5k")
+    images = torch.nn.functional.interpolate(data.train_images[:64].float(), size=(8, 8), mode="area").round()
+    steps = {}
+    for budget_text in ("default", "60s"):
+        torch.manual_seed(0)
+        model = models.build(name, image_shape=(1, 8, 8))
+        monkeypatch.setattr(model, "default_steps", 2, raising=False)
+        hours = itertools.count(0, 3600.0)
+        monkeypatch.setattr(trainer.time, "perf_counter", lambda: next(hours))
+        result = trainer.train(model, images, data.train_labels[:64], budget_for(budget_text, model),
+                               torch.device("cpu"), seed=0, batch_size=8, progress=False)
+        monkeypatch.undo()
+        steps[budget_text] = result.steps
+    assert steps == {"default": 2, "60s": 1}

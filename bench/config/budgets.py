@@ -1,8 +1,10 @@
 """Training budgets: how much training a model gets, as steps, seconds or epochs.
 
 Presets (docs/design.md): ``smoke`` is a few steps per model, seconds for the whole suite (tests, CI) and
-reproducible with a fixed seed because it counts steps; ``default`` is about a minute of training per
-model on a 2-core CPU, what ``run --all`` uses; ``flops`` buys every model the same training work,
+reproducible with a fixed seed because it counts steps; ``default``, what ``run --all`` uses, is each
+model's own ``default_steps`` (``models.base``): the steps a minute of training bought it on the 2-core CPU
+the suite is built on, declared with the model, so the default run trains the same steps on any machine
+and under any load (a time budget such as ``60s`` is still there); ``flops`` buys every model the same training work,
 3e12 matmul/conv FLOPs (bench.instruments.flops), which on the 2-core CPU is 30 s to 100 s depending on the model, and
 the same steps on any machine; ``full`` is published-scale training, meant for a GPU.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bench.config.errors import UserError
 
@@ -20,7 +22,10 @@ _UNITS = {"steps": "steps", "step": "steps", "s": "seconds", "sec": "seconds", "
 # A FLOP budget counts matmul/conv FLOPs of training steps (bench.instruments.flops), so it buys the same work on
 # any machine: deterministic like a step budget, but equal across model families.
 _FLOP_SCALE = {"flops": 1.0, "gflops": 1e9, "tflops": 1e12, "pflops": 1e15}
-PRESETS = {"smoke": "20steps", "default": "60s", "flops": "3e12flops", "full": "100epochs"}
+PER_MODEL = "default"  # the preset whose amount each model declares (its default_steps)
+PER_MODEL_FALLBACK = "60s"  # under ``default``, a model that declares no default_steps
+PRESETS = {"smoke": "20steps", "default": "each model's default_steps (a minute each on a 2-core CPU)",
+           "flops": "3e12flops", "full": "100epochs"}
 # The smoke preset also evaluates on a subset (test images for likelihoods, samples for FID), so the
 # whole suite runs in CI minutes; every other budget uses the whole test split unless --eval-size says.
 PRESET_EVAL_SIZE = {"smoke": 200}
@@ -40,8 +45,11 @@ class Budget:
     kind: str  # "steps" | "seconds" | "epochs" | "flops" (matmul/conv FLOPs of training, bench.instruments.flops)
     amount: float
     label: str  # what the user asked for, e.g. "default" or "500steps"
+    per_model: bool = False  # ``default`` before ``budget_for`` resolved it: each model's own steps
 
     def exhausted(self, steps: int, seconds: float, epochs: float, flops: float = 0.0) -> bool:
+        if self.per_model:
+            raise ValueError("the default budget is per model: resolve it with budget_for(text, model) first")
         done = {"steps": steps, "seconds": seconds, "epochs": epochs, "flops": flops}[self.kind]
         return done >= self.amount
 
@@ -62,8 +70,22 @@ def scaling_batches(budget_text: str) -> tuple[int, ...] | None:
     return PRESET_SCALING_BATCHES.get(budget_text.strip())
 
 
+def budget_for(text: str, model) -> Budget:
+    """The budget one model trains under: ``default`` becomes its ``default_steps`` (or, for a model that
+    declares none, PER_MODEL_FALLBACK of wall time); any other budget is the same for every model."""
+    budget = parse_budget(text)
+    if not budget.per_model:
+        return budget
+    steps = getattr(model, "default_steps", None)
+    if steps is None:
+        return replace(parse_budget(PER_MODEL_FALLBACK), label=budget.label)
+    return Budget("steps", float(int(steps)), budget.label)
+
+
 def parse_budget(text: str) -> Budget:
     label = text.strip()
+    if label == PER_MODEL:
+        return Budget("steps", 0.0, label, per_model=True)
     spec = PRESETS.get(label, label)
     match = re.fullmatch(r"(\d+(?:\.\d+)?(?:e[+-]?\d+)?)\s*([a-z]+)", spec.lower())
     if not match or match.group(2) not in _UNITS:

@@ -21,7 +21,7 @@ from bench.instruments.memory import PhasePeak
 from bench.train import checkpoints
 from bench.evaluate import measurements
 from bench.config import environment
-from bench.config.budgets import parse_budget
+from bench.config.budgets import PER_MODEL, budget_for, parse_budget
 from bench.train.checkpoints import CheckpointError
 from bench.data.datasets import load_dataset
 from bench.config.job import DEFAULT_THREADS, THREADS_ENV, Job, JobOutcome, config_hash, job_threads, limit_threads, save_outcome, training_hash  # noqa: F401
@@ -108,7 +108,11 @@ def _checkpoint_to_use(job: Job, outcome: JobOutcome) -> dict | None:
 def _train(model, data, device, job: Job, outcome: JobOutcome, saved: dict | None) -> TrainResult:
     """Train under the job's budget (from ``saved``, an incomplete checkpoint, if given), then save the
     finished checkpoint that ``bench evaluate`` and a resumed run reuse."""
-    budget = parse_budget(job.budget)
+    budget = budget_for(job.budget, model)
+    outcome.info["budget_resolved"] = {"kind": budget.kind, "amount": budget.amount, "label": budget.label}
+    if budget.label == PER_MODEL and budget.kind != "steps":
+        outcome.notes.append(f"{model.name} declares no default_steps: the default budget is {budget.amount:g} s "
+                             f"of wall time for it, so what it trains depends on the machine")
     result = TrainResult()
     validation = data.valid_split(model.track) if job.early_stopping and model.likelihood else None
     every = parse_budget(job.checkpoint_every) if job.checkpoint_every else None

@@ -39,6 +39,7 @@ class FVSBN(GenerativeModel):
     # The batch the seed's training was timed at: a step is one D x D matrix product, so 128 images
     # per step train ~1.5x more images/s than the harness default of 64 on a CPU.
     batch_size = 128
+    default_steps = 7200
 
     def __init__(self, image_shape=(1, 28, 28), lr: float = 1e-3, init_bias_logit: float = 0.0,
                  weight_decay: float = 0.0):

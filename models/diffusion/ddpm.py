@@ -205,6 +205,7 @@ class DDPM(GenerativeModel):
     family = "diffusion"
     likelihood = "bound"
     track = "8bit"
+    default_steps = 320
 
     sampler_settings = ("sampling_steps", "sampler", "eta", "ode_sample_tol")
     samplers = ("ancestral", "ddim", "ode")

@@ -122,6 +122,7 @@ class EBM(GenerativeModel):
     family = "ebm"
     likelihood = None
     track = "8bit"
+    default_steps = 70
 
     sampler_settings = ("sampling_steps",)  # the Langevin step size and noise are training's too
     sampling_step_options = (10, 30, 60, 120)  # Langevin step counts worth sweeping

@@ -85,6 +85,7 @@ class FFJORD(GenerativeModel):
     family = "flow"
     likelihood = "bound"
     track = "8bit"
+    default_steps = 65
     sampling_cost_depends_on_weights = True
 
     # The data <-> logit-space map, RealNVP's (it reads only ``self.logit_alpha``).

@@ -101,6 +101,7 @@ class FlowMatching(GenerativeModel):
     family = "flow"
     likelihood = "bound"
     track = "8bit"
+    default_steps = 600
 
     sampler_settings = ("sampling_steps", "solver")
     sampling_step_options = (2, 4, 8, 16, 32)  # the fixed-step points of the quality-against-steps curve

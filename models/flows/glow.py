@@ -125,6 +125,7 @@ class Glow(GenerativeModel):
     likelihood = "bound"
     track = "8bit"
     batch_size = 64
+    default_steps = 600
     side_multiple = 4  # 2 ** levels at the default 2 levels (each level squeezes by 2)
 
     # The data <-> logit-space preprocessing is RealNVP's, Jacobian included (reads self.logit_alpha).

@@ -99,6 +99,7 @@ class RealNVP(GenerativeModel):
     family = "flow"
     likelihood = "bound"  # a continuous density on dequantized 8-bit data: an upper bound on the discrete NLL
     track = "8bit"
+    default_steps = 230
     side_multiple = 2  # the squeeze halves the sides
 
     def __init__(self, image_shape=(1, 28, 28), hidden: int = 32, n_full: int = 3, n_channel: int = 3,

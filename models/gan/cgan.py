@@ -73,6 +73,7 @@ class ConditionalGAN(GenerativeModel):
     track = "8bit"
     conditional = True
     batch_size = 64  # the seed's minibatch
+    default_steps = 1400
 
     def __init__(self, image_shape=(1, 28, 28), noise_dim: int = 100, num_classes: int = 10,
                  lr: float = 2e-4, betas=(0.5, 0.999)):

@@ -62,6 +62,7 @@ class ConvVAE(GenerativeModel):
     likelihood = "bound"
     track = "binary"
     batch_size = 100  # the seed's minibatch
+    default_steps = 380
     outputs_per_channel = 1  # the decoder's numbers per pixel and channel: one Bernoulli logit
 
     def __init__(self, image_shape=(1, 28, 28), latent_dim: int = 2, channels=(32, 64), lr: float = 3e-3,

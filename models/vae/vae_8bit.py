@@ -34,6 +34,7 @@ from models.vae.vae import ConvVAE
 @register("vae-8bit", latent_dim=16)
 class DiscretizedLogisticVAE(ConvVAE):
     track = "8bit"
+    default_steps = 240
 
     def __init__(self, image_shape=(1, 28, 28), latent_dim: int = 16, channels=(32, 64), lr: float = 3e-3,
                  iwae_samples: int = 100, components: int = 5):

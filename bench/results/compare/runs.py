@@ -82,7 +82,8 @@ def comparability(config: dict) -> dict:
     budget = config.get("budget_resolved") or {}
     return {
         "dataset": config.get("dataset"),
-        "budget": (f"{budget.get('amount'):g} {budget.get('kind')}" if budget.get("kind") else config.get("budget")),
+        "budget": ("each model's default_steps" if budget.get("per_model") else
+                   f"{budget.get('amount'):g} {budget.get('kind')}" if budget.get("kind") else config.get("budget")),
         "seeds": sorted(int(s) for s in config.get("seeds") or []),
         "device": str(config.get("device", "")).split(":")[0] or None,
         "fidelity_samples": config.get("fidelity_samples"),
