@@ -8,8 +8,8 @@ samples, and bootstrap 95% intervals.
   from one distribution; above 1 when samples crowd the dense regions); coverage is the fraction of real
   balls holding at least one sample. Unlike precision and recall, no ball is built around a sample, so
   one outlying sample cannot inflate them. Strict ``<`` as the authors' ``prdc`` package. Written here
-  rather than through ``prdc``: the bootstrap needs them for point multiplicities, which it does not take
-  (and it would bring scikit-learn for one distance matrix); tests check both against a brute-force count.
+  rather than through ``prdc``: the bootstrap needs them for point multiplicities (a resampled set's copies
+  are not each other's neighbours), which it does not take; tests check both against a brute-force count.
 
 - ``fid_inf`` (Chong & Forsyth 2020, "Effectively Unbiased FID and Inception Score and where to find
   them"): FID is biased upwards at finite N, and the bias is close to k/N. FID is computed on random
