@@ -4,10 +4,10 @@ Steps, in this order (the smoke run is last: it is the longest and least predict
 left of the budget instead of crowding out the two steps whose cost is known):
 
 1. ``cuda-tests``: ``python -m pytest tests/test_cuda.py`` (torch.cuda memory per phase, the CUDA-graph
-   FVSBN sampler against the torch reference, one local worker per device). Passed only when every test
+   FVSBN, MADE and PixelCNN samplers against their torch references, one local worker per device). Passed only when every test
    ran and passed: a skipped test on a CUDA machine is a failure here.
-2. ``timing``: a few training steps of every model, and FVSBN's sampler at one batch, on the CPU and on
-   CUDA (warm-up first, ``torch.cuda.synchronize`` around each timed call): median seconds per call on
+2. ``timing``: a few training steps of every model, FVSBN's sampler at one batch and MADE's and
+   PixelCNN's at batch 1 (compiled on the CPU, CUDA graphs on CUDA), on the CPU and on CUDA (warm-up first, ``torch.cuda.synchronize`` around each timed call): median seconds per call on
    each device and their ratio (speedup = CPU median / CUDA median; above 1 the GPU is faster). The CPU
    side uses the benchmark's job thread count ($GENBENCH_THREADS, default 1) unless ``--cpu-threads``.
 3. ``smoke-run``: ``python -m bench run --all --budget smoke --device cuda`` into ``OUT/smoke-run``;
@@ -340,6 +340,20 @@ def fvsbn_sampling_case(batch: int, backend: str):
     return make
 
 
+def autoregressive_sampling_case(name: str, batch: int):
+    """MADE's or PixelCNN's default sampler (compiled on the CPU, a CUDA-graph replay on CUDA) at ``batch``."""
+    def make(device, _calls: int):
+        import torch
+
+        from models.registry import build
+
+        torch.manual_seed(0)
+        model = build(name).to(device).eval()
+        return lambda: model.sample_with_conditionals(batch, method="auto")
+
+    return make
+
+
 def timing_step(args, devices: dict | None = None) -> Callable[[float], dict]:
     """``devices``: the table's columns -> the device timed under each (a CPU-only sanity run can pass
     ``{"cpu": "cpu", "cuda": "cpu"}``)."""
@@ -365,6 +379,9 @@ def timing_step(args, devices: dict | None = None) -> Callable[[float], dict]:
             cases.append((f"fvsbn sample({args.fvsbn_batch}) backend={backend}",
                           {"kind": "sample", "model": "fvsbn", "backend": backend, "batch": args.fvsbn_batch},
                           fvsbn_sampling_case(args.fvsbn_batch, backend)))
+        for name in ("made", "pixelcnn"):
+            cases.append((f"{name} sample(1) method=auto", {"kind": "sample", "model": name, "backend": "auto",
+                                                             "batch": 1}, autoregressive_sampling_case(name, 1)))
         if fvsbn_kernels.numba_available():
             fvsbn_kernels.warm_up()
         table, errors, untimed = [], [], []
@@ -389,7 +406,8 @@ def timing_step(args, devices: dict | None = None) -> Callable[[float], dict]:
                 if torch.cuda.is_initialized():
                     torch.cuda.empty_cache()
                 if extra["kind"] == "sample":
-                    extra = {**extra, "backends": {column: _backend_used(extra["backend"], torch.device(name).type)
+                    extra = {**extra, "backends": {column: _backend_used(extra["backend"], torch.device(name).type,
+                                                                         extra["model"])
                                                    for column, name in devices.items()}}
                 row = timing_row(what, times["cpu"], times["cuda"], **extra)
                 if problems:
@@ -407,14 +425,16 @@ def timing_step(args, devices: dict | None = None) -> Callable[[float], dict]:
     return run
 
 
-def _backend_used(backend: str, device: str) -> str:
+def _backend_used(backend: str, device: str, model: str = "fvsbn") -> str:
     if backend != "auto":
         return backend
     if device == "cuda":
         return "cuda-graph"
     from models.autoregressive import fvsbn_kernels
 
-    return "numba" if fvsbn_kernels.numba_available() else "torch"
+    if not fvsbn_kernels.numba_available():
+        return "torch" if model == "fvsbn" else "cached"
+    return "numba" if model == "fvsbn" else "compiled"
 
 
 # --- the plan, the summary, the command ------------------------------------------------------------

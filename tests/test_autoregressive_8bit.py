@@ -98,7 +98,7 @@ def test_changing_a_subpixel_moves_no_conditional_at_or_before_it(name, shape):
 @pytest.mark.parametrize("shape", [(1, 4, 4), (3, 4, 4)])
 def test_cached_sampler_gives_the_naive_samplers_samples_and_the_likelihoods_conditionals(name, shape):
     model = random_model(name, shape)
-    naive = {"cached": False} if name == "made-8bit" else {"method": "naive"}
+    naive = {"method": "naive"}
     fast, fast_tables = model.sample_with_conditionals(16, torch.Generator().manual_seed(4))
     slow, slow_tables = model.sample_with_conditionals(16, torch.Generator().manual_seed(4), **naive)
     assert torch.equal(fast, slow)

@@ -1,5 +1,5 @@
-"""What only a CUDA device can check: torch.cuda memory statistics per phase, the CUDA-graph FVSBN
-sampler against the torch reference, and one local worker per visible device.
+"""What only a CUDA device can check: torch.cuda memory statistics per phase, the CUDA-graph FVSBN, MADE
+and PixelCNN samplers against their torch references, and one local worker per visible device.
 
 Every test is skipped where torch sees no CUDA device (``.ci/gpu`` runs this file on a GPU machine).
 """
@@ -203,3 +203,31 @@ def test_local_executor_runs_a_job_per_device_on_cuda(tmp_path):
         train_peak = [r for r in outcome["rows"] if r["metric"] == "peak_memory_train"]
         assert train_peak and train_peak[0]["note"] == GPU_MEMORY_NOTE
         assert train_peak[0]["value"] > 0
+
+
+# --- the CUDA-graph MADE and PixelCNN samplers against their torch references ------------------------
+def _randomised(name, shape, seed, **settings):
+    torch.manual_seed(seed)
+    model = build(name, image_shape=shape, **settings)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    return model.to(CUDA).eval()
+
+
+@pytest.mark.parametrize("name,shape,settings", [("made", (1, 5, 5), {"hidden_sizes": (24,)}),
+                                                 ("made-8bit", (3, 3, 3), {"hidden_sizes": (24,)}),
+                                                 ("pixelcnn", (1, 5, 5), {"channels": 8, "layers": 2}),
+                                                 ("pixelcnn-8bit", (3, 4, 4), {"channels": 8, "layers": 2})])
+def test_cuda_graph_autoregressive_samplers_draw_the_cached_loops_samples(name, shape, settings):
+    """The graph replays the cached torch loop: the same uniforms give the same samples, and a second call with
+    other uniforms replays the same graph with them (the static input is refreshed)."""
+    model = _randomised(name, shape, seed=2, **settings)
+    extra = {"tables": False} if name.endswith("8bit") else {}
+    for seed in (4, 9):
+        x_ref, used_ref = model.sample_with_conditionals(16, _cuda_generator(seed), method="cached", **extra)
+        x, used = model.sample_with_conditionals(16, _cuda_generator(seed), method="cuda-graph", **extra)
+        assert x.device.type == "cuda" and torch.equal(x, x_ref), (name, seed)
+        assert torch.allclose(used, used_ref, atol=1e-5), (name, seed)
+    auto, _ = model.sample_with_conditionals(16, _cuda_generator(4), **extra)  # auto on CUDA: the graph
+    assert torch.equal(auto, model.sample_with_conditionals(16, _cuda_generator(4), method="cached", **extra)[0])

@@ -47,11 +47,11 @@ def test_masks_have_different_orderings():
 
 
 @pytest.mark.parametrize("mask", [0, 1])
-@pytest.mark.parametrize("cached", [True, False])
-def test_sampler_conditionals_equal_teacher_forced_conditionals(mask, cached):
+@pytest.mark.parametrize("method", ["cached", "naive"])
+def test_sampler_conditionals_equal_teacher_forced_conditionals(mask, method):
     model = _random_made((1, 6, 6), num_masks=2)
     x, sampler_probs = model.sample_with_conditionals(64, generator=torch.Generator().manual_seed(1), mask=mask,
-                                                      cached=cached)
+                                                      method=method)
     assert set(x.unique().tolist()) == {0.0, 1.0}
     assert torch.allclose(model.conditionals(x, mask), sampler_probs, atol=1e-5)
 
@@ -59,9 +59,10 @@ def test_sampler_conditionals_equal_teacher_forced_conditionals(mask, cached):
 def test_cached_sampler_gives_the_naive_samplers_samples():
     model = _random_made((1, 6, 6), num_masks=2, hidden_sizes=(32, 16))
     for mask in (0, 1):
-        fast, fast_probs = model.sample_with_conditionals(64, torch.Generator().manual_seed(4), mask=mask)
+        fast, fast_probs = model.sample_with_conditionals(64, torch.Generator().manual_seed(4), mask=mask,
+                                                          method="cached")
         slow, slow_probs = model.sample_with_conditionals(64, torch.Generator().manual_seed(4), mask=mask,
-                                                          cached=False)
+                                                          method="naive")
         assert torch.equal(fast, slow)
         assert torch.allclose(fast_probs, slow_probs, atol=1e-6)
 

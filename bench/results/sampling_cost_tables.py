@@ -134,7 +134,10 @@ def describe_roofline(meta: dict) -> str:
             "exceed 100%. Fraction of roofline = matmul/conv "
             "FLOPs per sample x samples/s / GEMM rate. FLOPs are counted by torch's FlopCounterMode "
             "(matrix products and convolutions only: elementwise ops, activations and noise are not "
-            "counted) or, where a model says so, by its own sampling_flops (FVSBN: D(D-1) per sample). "
+            "counted) or, where a model says so, by its own sampling_flops (FVSBN: D(D-1) per sample; MADE and "
+            "PixelCNN: their cached samplers' dense, masked layers, zeros included as the counter counts a "
+            "masked convolution, while their compiled samplers skip most masked zeros: MADE does about half "
+            "the counted work, PixelCNN's per-sample kernel 78%). "
             "NFE is the sequential depth, FLOPs the total work: a sampler can be deep and cheap, or "
             "shallow and heavy.")
 

@@ -13,7 +13,12 @@ per pixel instead of 256 (500 x 784 x 256 = 100 million weights at 28x28).
 Sampling is the binary MADE's cached loop (``sampling_nfe = D``): the first layer's pre-activations
 b1 + W1 x are kept and updated by W1[:, i] x_i once pixel i is drawn, and each step computes the
 layers above and only pixel i's output group, then draws x_i from its mixture with two uniforms. The
-naive sampler (a full pass per pixel) draws the same values from the same uniforms.
+naive sampler (a full pass per pixel) draws the same values from the same uniforms. On a CPU, with one
+hidden layer, the default is that loop compiled (``models/autoregressive/made_kernels.py``, the mixture
+draw included; as the binary MADE's). Measured at 28x28, one thread, medians, untrained weights
+(``tables=False``): batch 1, 1.5 ms per sample against 97 ms cached and 1.2 s naive; batch 1,024, 3,840
+samples/s against 1,280 cached, 48 GFLOP/s on ``sampling_flops``' count (15 outputs per pixel), 30% of
+the same run's 1024 x 1024 GEMM (158 GFLOP/s).
 
 The trap, as for the binary MADE: the strict output mask. Here it must hold for every row of a pixel's
 group: masking only the group's first row (the weight logits) leaves the means free to read x_i, the
@@ -34,6 +39,7 @@ from models.registry import register
 @register("made-8bit")
 class MADE8bit(MADE):
     track = "8bit"
+    default_steps = 480
 
     def __init__(self, image_shape=(1, 28, 28), hidden_sizes=(500,), components: int = 5, num_masks: int = 1,
                  lr: float = 1e-3, mask_seed: int = 0):
@@ -41,9 +47,9 @@ class MADE8bit(MADE):
         self.outputs_per_pixel = logistic.params_per_value(self.components)
         super().__init__(image_shape, hidden_sizes=hidden_sizes, num_masks=num_masks, lr=lr, mask_seed=mask_seed)
 
-    def params(self, x: torch.Tensor, mask: int = 0) -> torch.Tensor:
+    def params(self, x: torch.Tensor, mask: int = 0, weights: list | None = None) -> torch.Tensor:
         """Every pixel's mixture parameters given the pixels before it (teacher forcing): N x D x 3K."""
-        return self.logits(logistic.to_unit_scale(x), mask).unflatten(1, (self.dim, self.outputs_per_pixel))
+        return self.logits(logistic.to_unit_scale(x), mask, weights).unflatten(1, (self.dim, self.outputs_per_pixel))
 
     def nll_under_mask(self, x: torch.Tensor, mask: int) -> torch.Tensor:
         return -logistic.log_prob(x.flatten(1), self.params(x, mask)).sum(1)
@@ -59,28 +65,46 @@ class MADE8bit(MADE):
 
     @torch.no_grad()
     def sample_with_conditionals(self, n: int, generator: torch.Generator | None = None, mask: int = 0,
-                                 cached: bool = True, tables: bool = True):
+                                 method: str = "auto", tables: bool = True):
         """Samples (values 0..255) of mask ``mask``'s model and the P(x_i = v | x_<i) tables the sampler used
-        (N x D x 256; ``tables=False``: the N x D x 3K mixture parameters). ``cached=False`` is the naive
-        sampler; the same ``generator`` state gives both the same uniforms, hence the same samples."""
-        d, p, device = self.dim, self.outputs_per_pixel, self.device
-        uniforms = torch.rand(n, d, 2, generator=generator, device=device)
-        x = torch.zeros(n, d, device=device)
-        used = torch.empty(n, d, p, device=device)
+        (N x D x 256; ``tables=False``: the N x D x 3K mixture parameters). ``method`` as the binary MADE's:
+        "naive", "cached" (the torch reference), "compiled" (numba, CPU, one hidden layer), "cuda-graph"
+        (NEVER RUN) or "auto"; all draw the same two uniforms per pixel (N x D x 2, up front) from
+        ``generator``, hence the same samples."""
+        uniforms = torch.rand(n, self.dim, 2, generator=generator, device=self.device)
+        x, used = self._sample_by(method, uniforms, mask)
+        return x.view(n, *self.image_shape), (logistic.probabilities(used) if tables else used)
+
+    def _sample_loop(self, uniforms: torch.Tensor, mask: int, order: list, cached: bool):
+        """The torch sampler (cached: the compiled kernel's oracle; or naive): values N x D and the mixture
+        parameters N x D x 3K it drew them with."""
+        n, d, p = uniforms.shape[0], self.dim, self.outputs_per_pixel
+        x = torch.zeros(n, d, device=uniforms.device)
+        used = torch.empty(n, d, p, device=uniforms.device)
         weights = self.masked_weights(mask)
         incoming = weights[0].T.contiguous()  # row i: pixel i's weights into the first hidden layer
         first_pre = F.linear(logistic.to_unit_scale(x), weights[0], self.layers[0].bias)  # all pixels at 0
-        for i in self.orders[mask].tolist():
+        for i in order:
             if cached:
                 rows = slice(i * p, (i + 1) * p)
                 params = F.linear(self._top_hidden(first_pre, weights), weights[-1][rows], self.layers[-1].bias[rows])
             else:
-                params = self.params(x, mask)[:, i]
+                params = self.params(x, mask, weights)[:, i]
             used[:, i] = params
             x[:, i] = logistic.sample(params, uniforms[:, i, 0], uniforms[:, i, 1])
             if cached:  # the first layer saw pixel i at value 0 (-1 on the unit scale): add the difference
                 first_pre.addr_(logistic.to_unit_scale(x[:, i]) + 1.0, incoming[i])
-        return x.view(n, *self.image_shape), (logistic.probabilities(used) if tables else used)
+        return x, used
+
+    def _run_kernel(self, weights: tuple, uniforms: torch.Tensor):
+        from models.autoregressive import made_kernels
+
+        return made_kernels.sample_mixture(weights, uniforms)
+
+    def _first_pre_activations(self, weights) -> torch.Tensor:
+        """Before any pixel is drawn every pixel is 0, -1 on the network's scale: b1 - W1 1."""
+        zeros = torch.zeros(1, self.dim, device=weights[0].device, dtype=weights[0].dtype)
+        return F.linear(logistic.to_unit_scale(zeros), weights[0], self.layers[0].bias)[0]
 
     def self_checks(self, x_test: torch.Tensor) -> list[dict]:
         """The cached sampler's conditionals (mask 0; all 256 values per pixel) equal the likelihood's."""

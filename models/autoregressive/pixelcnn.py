@@ -17,12 +17,20 @@ Kernels keep only their rows down to the centre (the masked rows below are dropp
 convolution is 'valid': the image is padded once with zeros (``reach`` rows above, ``reach``
 columns either side) and each layer trims its own border. Position (r, c)'s logit is then a
 function of the (reach + 1) x (2 reach + 1) window of padded input ending on row r around
-column c. Three samplers draw from the likelihood's conditionals with the same uniforms: "naive"
-(the whole image through the network per pixel), "windowed" (the network on that window only) and
-"cached", the default: a layer's activation at a position depends on the rows above and on the
-pixels left of it in its own row only, so it is final once those are drawn, and each pixel step
-computes one position per layer from activations kept from earlier steps. On a loaded CPU core,
-16 samples: cached 0.9 s, windowed 4.0 s, naive 85 s; 1,000 samples (cached) about 16 s.
+column c. The samplers draw from the likelihood's conditionals with the same uniforms (drawn up
+front): "naive" (the whole image through the network per pixel), "windowed" (the network on that
+window only), "cached", the torch reference: a layer's activation at a position depends on the rows
+above and on the pixels left of it in its own row only, so it is final once those are drawn, and each
+pixel step computes one position per layer from activations kept from earlier steps (~20 torch calls
+per step); "compiled", the default on a CPU: the cached algorithm with no Python per pixel
+(``models/autoregressive/pixelcnn_kernels.py``: a numba kernel per sample, and from 64 samples at one
+thread BLAS products over the batch); and "cuda-graph", the cached loop replayed as a CUDA graph, the
+default on a GPU (never run: no GPU here). At 28x28, one thread, on a 2-core CPU whose other core was
+busy (tests/benchmarks/test_pixelcnn_sampler.py, medians of two runs): batch 1, naive 1.2-2.2 s, cached
+280-374 ms, compiled 1.9-2.0 ms per sample; batch 1,024, cached 70-94 samples/s, compiled 946-1,281
+(43-54% of the same run's GEMM rate, 140-150 GFLOP/s, in ``sampling_flops``: 6.31e7 per sample; the
+scaling study, ``python -m bench scaling``: 1,034-1,051 samples/s, 50-54%). 16 samples, in an earlier
+run on a loaded core: cached 0.9 s, windowed 4.0 s, naive 85 s.
 
 The trap: the masks, not the architecture, make the model autoregressive. A type-B mask in the first
 layer (or a kernel row below the centre) lets each logit see its own pixel, and the training loss
@@ -37,6 +45,9 @@ from torch import nn
 
 from models.base import GenerativeModel, sampler_conditionals_check
 from models.registry import register
+
+SAMPLING_METHODS = ("auto", "compiled", "cuda-graph", "cached", "windowed", "naive")
+_cuda_graphs: dict = {}  # captured cached loops (models/cuda_graphs.py), by device, batch, shape and parameters
 
 
 class CausalConv(nn.Conv2d):
@@ -72,6 +83,8 @@ class PixelCNN(GenerativeModel):
     likelihood = "exact"
     track = "binary"
     batch_size = 64
+    default_steps = 250
+    components = 0  # mixture components per subpixel; 0: one Bernoulli logit (the compiled kernels read it)
 
     def __init__(self, image_shape=(1, 28, 28), channels: int = 32, layers: int = 5, first_kernel: int = 7,
                  lr: float = 1e-3):
@@ -120,21 +133,49 @@ class PixelCNN(GenerativeModel):
         return self.sample_with_conditionals(n)[0]
 
     @torch.no_grad()
-    def sample_with_conditionals(self, n: int, generator: torch.Generator | None = None, method: str = "cached"):
+    def sample_with_conditionals(self, n: int, generator: torch.Generator | None = None, method: str = "auto"):
         """Samples and the p(x_i = 1 | x_<i) the sampler used at each pixel, in raster order.
 
-        ``method``: "cached" (default; each pixel step computes one new position per layer),
-        "windowed" (the network on the pixel's window) or "naive" (the whole image per pixel). The
-        same ``generator`` state gives all three the same uniforms, hence the same samples."""
+        ``method``: "cached" (the torch reference: each pixel step computes one new position per layer),
+        "compiled" (the same algorithm in ``models/autoregressive/pixelcnn_kernels.py``, CPU), "cuda-graph"
+        (the cached loop replayed as a CUDA graph; never run), "windowed" (the network on the pixel's
+        window), "naive" (the whole image per pixel), or "auto": compiled on the CPU when numba is
+        installed, the CUDA graph on a GPU, else cached. Every method draws the same uniforms from
+        ``generator`` (``draw_uniforms``, once, up front), hence the same samples."""
+        method = self._resolve_method(method, self.device)
+        uniforms = self.draw_uniforms(n, generator)
+        if method == "compiled":
+            from models.autoregressive import pixelcnn_kernels
+
+            return self.compiled_outputs(*pixelcnn_kernels.sample(self, uniforms))
+        if method == "cuda-graph":
+            return self._sample_cuda_graph(uniforms)
+        return self._sample_torch(uniforms, method)
+
+    @staticmethod
+    def _resolve_method(method: str, device: torch.device) -> str:
+        if method not in SAMPLING_METHODS:
+            raise ValueError(f"unknown sampling method {method!r}: "
+                             "auto, compiled, cuda-graph, cached, windowed or naive")
+        if method == "compiled" and device.type != "cpu":
+            raise ValueError("the compiled PixelCNN sampler runs on the CPU; on a GPU use cuda-graph or cached")
+        if method != "auto":
+            return method
+        if device.type == "cuda":
+            return "cuda-graph"
+        from models.autoregressive import pixelcnn_kernels
+
+        return "compiled" if device.type == "cpu" and pixelcnn_kernels.numba_available() else "cached"
+
+    def _sample_torch(self, uniforms: torch.Tensor, method: str):
+        """The torch samplers (cached, windowed, naive) on the given uniforms."""
         c, h, w = self.image_shape
-        r, device = self.reach, self.device
-        draws = self.start_draws(n, generator)
-        padded = self.pad(torch.zeros(n, c, h, w, device=device))  # image (i, j) sits at (i + r, j + r)
+        r, n = self.reach, len(uniforms)
+        draws = self.start_draws(uniforms)
+        padded = self.pad(torch.zeros(n, c, h, w, device=uniforms.device))  # image (i, j) sits at (i + r, j + r)
         if method == "cached":
             self._sample_cached(padded, draws)
             return self.finish_draws(padded, draws)
-        if method not in ("windowed", "naive"):
-            raise ValueError(f"unknown sampling method {method!r}: cached, windowed or naive")
         for i in range(h):
             for j in range(w):
                 if method == "windowed":  # the window ending on row i, centred on column j: one position
@@ -144,13 +185,52 @@ class PixelCNN(GenerativeModel):
                 self.draw_pixel(head, padded, draws, i, j)
         return self.finish_draws(padded, draws)
 
+    def _sample_cuda_graph(self, uniforms: torch.Tensor):
+        """The cached loop as one CUDA graph per (device, batch, image shape, parameters)
+        (``models/cuda_graphs.py``): a replay launches every pixel step's kernels with no Python in
+        between. The loop's uniforms come in as an input (no random draw inside the capture), and it reads
+        no value back to the host. NEVER RUN: written for CUDA on a machine without a GPU."""
+        from models import cuda_graphs
+
+        key = (uniforms.device, len(uniforms), tuple(self.image_shape), type(self).__qualname__,
+               tuple(tuple(p.shape) for p in self.parameters()), cuda_graphs.parameters_key(self))
+        return cuda_graphs.replay(_cuda_graphs, key, lambda u: tuple(self._sample_torch(u, "cached")), (uniforms,))
+
+    def sampling_flops(self, n: int) -> float:
+        """matmul/conv FLOPs of the torch cached sampler on n samples, counted by hand (2 per multiply-add,
+        as torch's FLOP counter counts them): the compiled sampler runs outside torch, where the counter
+        sees nothing, and does the same algorithm. Counted as the reference runs it: dense kernels (the
+        masked taps included), every layer's border positions, and the rows above the image (the layers on
+        the top padding, once per sample). Of this count (28x28, default model) the compiled per-sample
+        kernel performs 78% (it skips the masked taps, and computes the rows above once per call), the
+        batched form 99% (dense taps and a bias channel; the rows above once per call)."""
+        c, h, w = self.image_shape
+        f, layers = self.first.out_channels, len(self.blocks)
+        kh0, kw0 = self.first.kernel_size
+        half0 = self.first.half
+        first_taps, block_taps = c * kh0 * kw0, f * 2 * 3
+        cols = w + 2 * self.reach - (kw0 - 1)  # the first layer's valid columns; each residual layer 2 fewer
+        # The rows above: the first layer on the reach top-padding rows (``layers`` output rows), then
+        # residual layers 1 .. layers - 1 (the last one's row above is never read), each a row fewer.
+        macs = f * first_taps * layers * cols
+        macs += sum(f * block_taps * (layers - l) * (cols - 2 * l) for l in range(1, layers))
+        # Per image row: every layer at every column of its span, and the head at the image's columns.
+        border = self.reach - half0  # columns each side beyond the image in the first layer's span
+        per_row = f * first_taps * (w + 2 * border)
+        per_row += sum(f * block_taps * (w + 2 * (border - l)) for l in range(1, layers + 1))
+        per_row += w * f * (f + self.head[-1].out_channels)
+        return 2.0 * n * (macs + h * per_row)
+
     # --- one pixel's draw: what the 8-bit model changes -------------------------------------------
-    def start_draws(self, n: int, generator):
-        """The uniforms every pixel is drawn with (all drawn up front, so every sampler uses the same ones)
-        and room for the conditionals used."""
+    def draw_uniforms(self, n: int, generator) -> torch.Tensor:
+        """The uniforms every pixel is drawn with, all drawn up front so that every sampler uses the same ones."""
         _, h, w = self.image_shape
-        uniforms = torch.rand(n, h, w, generator=generator, device=self.device)
-        return {"uniforms": uniforms, "probs": torch.empty(n, h, w, device=self.device)}
+        return torch.rand(n, h, w, generator=generator, device=self.device)
+
+    def start_draws(self, uniforms: torch.Tensor) -> dict:
+        """The uniforms and room for the conditionals the sampler uses."""
+        _, h, w = self.image_shape
+        return {"uniforms": uniforms, "probs": torch.empty(len(uniforms), h, w, device=uniforms.device)}
 
     def draw_pixel(self, head: torch.Tensor, padded: torch.Tensor, draws: dict, i: int, j: int) -> None:
         """Draw pixel (i, j) from the head's outputs there (n x outputs) into the padded image."""
@@ -162,6 +242,10 @@ class PixelCNN(GenerativeModel):
         """(samples, the conditionals the sampler used, N x D)."""
         r, w = self.reach, self.image_shape[2]
         return padded[:, :, r:, r:r + w].clone(), draws["probs"].flatten(1)
+
+    def compiled_outputs(self, values: torch.Tensor, stats: torch.Tensor):
+        """``finish_draws``'s result from the compiled kernels' (values N x C x H x W, N x H x W x 1)."""
+        return values, stats.flatten(1)
 
     def _sample_cached(self, padded, draws):
         """Raster sampling that computes each layer's activation at each position once.
