@@ -43,7 +43,7 @@ def test_8bit_track_keeps_integer_levels():
 
 @pytest.mark.parametrize("text,kind,amount", [("500steps", "steps", 500), ("90s", "seconds", 90),
                                               ("2min", "seconds", 120), ("3epochs", "epochs", 3),
-                                              ("smoke", "steps", 20), ("default", "seconds", 60)])
+                                              ("smoke", "steps", 20), ("60s", "seconds", 60)])
 def test_budget_forms(text, kind, amount):
     budget = parse_budget(text)
     assert (budget.kind, budget.amount) == (kind, amount)
