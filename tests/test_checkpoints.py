@@ -265,3 +265,13 @@ def test_ffjord_under_a_flop_budget_resumes_exactly(data, tmp_path):
     assert resumed_nfe == straight_nfe
     for (key, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), f"ffjord: {key} differs after resuming"
+
+
+def test_an_ffjord_checkpoint_from_before_the_nfe_buffers_still_loads():
+    """Weights saved without train_nfe_total and train_solves (older runs) load, the counts starting at zero."""
+    model = models.build("ffjord", image_shape=(1, 6, 6))
+    old = {k: v for k, v in model.state_dict().items() if k not in ("train_nfe_total", "train_solves")}
+    fresh = models.build("ffjord", image_shape=(1, 6, 6))
+    fresh.train_solves += 5
+    fresh.load_state_dict(old)
+    assert int(fresh.train_solves) == 0 and int(fresh.train_nfe_total) == 0

@@ -73,6 +73,13 @@ class VectorField(nn.Module):
         return self.convs[-1](t, z)
 
 
+def _count_from_zero_if_absent(state_dict, prefix, *_):
+    """A checkpoint from before the NFE counts were buffers loads with the counts at zero (its train_nfe then
+    covers the steps after the resume only), rather than failing as a state_dict with missing keys."""
+    for name in ("train_nfe_total", "train_solves"):
+        state_dict.setdefault(prefix + name, torch.zeros((), dtype=torch.int64))
+
+
 def _mean(values) -> float:
     return sum(values) / len(values)
 
@@ -117,6 +124,7 @@ class FFJORD(GenerativeModel):
         # train_nfe is the mean over every training step, not only over those since the resume.
         self.register_buffer("train_nfe_total", torch.zeros((), dtype=torch.int64))
         self.register_buffer("train_solves", torch.zeros((), dtype=torch.int64))
+        self._register_load_state_dict_pre_hook(_count_from_zero_if_absent)
 
     def configure_optimizers(self):
         return [torch.optim.Adam(self.parameters(), lr=self.lr)]
